@@ -1,0 +1,95 @@
+# chemomech: build the book and run the tests from a fresh checkout.
+#
+#   make book   # main job: clean build of the executed book -> _build/html/index.html
+#   make test   # unit tests + doctests + every chapter under nbval
+#   make env    # (run by both) create/update .venv from requirements.lock; fast no-op when current
+#   make lint | clean | distclean
+#
+# Needs only GNU make and Python 3.11 (override with `make PYTHON=/path/to/python3.11 ...`).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+MAKEFLAGS += --no-builtin-rules
+
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+BUILD  := _build
+NBVAL  := $(BUILD)/nbval
+
+# Chapters run under nbval: book/01_twin.md, book/02_strain.md, ...
+CHAPTERS := $(sort $(wildcard book/[0-9]*.md))
+
+# Headless plotting everywhere; the venv's Jupyter data dir (kernelspec `python3`) comes first,
+# so notebooks never run on a kernel registered by some other interpreter.
+export MPLBACKEND := Agg
+export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help env test unit nbval book lint clean distclean
+
+help:
+	@echo "make book       build the book (clean, executed, -W) -> $(BUILD)/html/index.html"
+	@echo "make test       unit tests + doctests + nbval of every chapter"
+	@echo "make env        create/update $(VENV) from requirements.lock (run by book and test)"
+	@echo "make lint       ruff check lib tests"
+	@echo "make clean      remove $(BUILD), caches and data/generated (keeps $(VENV))"
+	@echo "make distclean  clean + remove $(VENV)"
+
+# ------------------------------------------------------------------ environment
+$(PY):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { echo "error: $(PYTHON) is not Python 3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install only when the lock or the package metadata changed (or the venv is new).
+$(STAMP): requirements.lock pyproject.toml | $(PY)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -r requirements.lock
+	$(PY) -m pip install --no-deps -e .
+	$(PY) -c 'import chemomech, sys; print("chemomech installed in", sys.prefix)'
+	touch $@
+
+env: $(STAMP)
+
+# ------------------------------------------------------------------ tests
+test: unit nbval
+
+unit: $(STAMP)
+	$(PY) -m pytest tests lib/chemomech --doctest-modules
+
+# Each chapter is converted to a notebook in $(NBVAL) and executed cell by cell; outputs are not
+# compared (--nbval-lax), so any error or failing `assert` fails the run. Pytest's exit code 5
+# ("no tests collected") is non-zero, so an empty chapter set fails too.
+nbval: $(STAMP)
+	rm -rf $(NBVAL)
+	mkdir -p $(NBVAL)
+	@test -n "$(CHAPTERS)" || { echo "error: no chapters book/[0-9]*.md to test" >&2; exit 1; }
+	for md in $(CHAPTERS); do \
+	  $(BIN)/jupytext --quiet --to ipynb --output $(NBVAL)/$$(basename $${md%.md}).ipynb $$md; \
+	done
+	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 $(NBVAL)
+
+# ------------------------------------------------------------------ book
+book: $(STAMP)
+	rm -rf $(BUILD)/html $(BUILD)/.jupyter_cache $(BUILD)/jupyter_execute $(BUILD)/.doctrees
+	$(BIN)/jupyter-book build . -n -W --keep-going
+	@echo
+	@echo "Book built: open $(BUILD)/html/index.html"
+
+# ------------------------------------------------------------------ housekeeping
+lint: $(STAMP)
+	$(BIN)/ruff check lib tests
+
+clean:
+	rm -rf $(BUILD) .pytest_cache .hypothesis .ruff_cache data/generated
+	find . -path ./$(VENV) -prune -o \( -name __pycache__ -o -name .ipynb_checkpoints \) -type d -print0 \
+	  | xargs -0 rm -rf
+
+distclean: clean
+	rm -rf $(VENV) lib/*.egg-info
