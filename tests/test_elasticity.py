@@ -9,7 +9,6 @@ from numpy.testing import assert_allclose
 
 from chemomech import elasticity as el
 
-
 # --- stiffness -----------------------------------------------------------------------
 
 

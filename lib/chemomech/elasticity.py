@@ -1,4 +1,4 @@
-"""Plane-stress anisotropic elasticity with eigenstrain, on scikit-fem.
+r"""Plane-stress anisotropic elasticity with eigenstrain, on scikit-fem.
 
 The strain measured in a thin Li_xFePO4 platelet is the elastic response of the
 particle to a composition-dependent stress-free (eigen)strain. This module holds
@@ -7,7 +7,7 @@ the (a, c) plane, and a finite-element solver for
 
 .. math::
 
-    \\nabla\\cdot\\sigma = 0, \\qquad \\sigma = C : (\\varepsilon(u) - \\varepsilon^0),
+    \nabla\cdot\sigma = 0, \qquad \sigma = C : (\varepsilon(u) - \varepsilon^0),
 
 with traction-free edges (rigid-body modes removed) or a prescribed boundary
 displacement. Coordinates are ``(x, y)`` with ``x`` along image columns and
@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import skfem
 from numpy.typing import ArrayLike
@@ -78,7 +77,7 @@ C_LIFEPO4_GPA = _orthotropic(138.9, 198.0, 173.0, 36.8, 50.6, 47.6, 72.7, 52.5, 
 
 
 def plane_stress_stiffness(c3d: ArrayLike) -> np.ndarray:
-    """Reduce a 3-D orthorhombic stiffness to plane stress in the (a, c) plane.
+    r"""Reduce a 3-D orthorhombic stiffness to plane stress in the (a, c) plane.
 
     Parameters
     ----------
@@ -94,11 +93,11 @@ def plane_stress_stiffness(c3d: ArrayLike) -> np.ndarray:
 
     Notes
     -----
-    With :math:`\\sigma_{bb} = 0` the out-of-plane strain is
-    :math:`\\varepsilon_{bb} = -(C_{12}\\varepsilon_{aa} + C_{23}\\varepsilon_{cc})/C_{22}`,
+    With :math:`\sigma_{bb} = 0` the out-of-plane strain is
+    :math:`\varepsilon_{bb} = -(C_{12}\varepsilon_{aa} + C_{23}\varepsilon_{cc})/C_{22}`,
     which gives :math:`Q_{ij} = C_{ij} - C_{i2}C_{2j}/C_{22}` for
-    :math:`i, j \\in \\{1, 3\\}`; the in-plane shear modulus is :math:`C_{55}`
-    (the ac shear, unaffected by :math:`\\sigma_{bb}` in an orthorhombic crystal).
+    :math:`i, j \in \{1, 3\}`; the in-plane shear modulus is :math:`C_{55}`
+    (the ac shear, unaffected by :math:`\sigma_{bb}` in an orthorhombic crystal).
 
     Examples
     --------

@@ -18,7 +18,6 @@ biphasic, Li-poor).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -400,12 +399,7 @@ class Particle:
         """
         p = _validate.positive(pixel_size_nm, name="pixel_size_nm")
         if shape is None:
-            rmax = float(self.radius(np.linspace(0, 2 * np.pi, 721)).max())
-            phi = np.linspace(0, 2 * np.pi, 721)
-            r = self.radius(phi)
-            ext_y = float(np.abs(r * np.sin(phi)).max())
-            ext_x = float(np.abs(r * np.cos(phi)).max())
-            del rmax
+            ext_y, ext_x = np.abs(self.outline()).max(axis=0)
             shape = (int(np.ceil(2 * ext_y / p)) + 12, int(np.ceil(2 * ext_x / p)) + 12)
         if (len(shape) != 2 or not all(isinstance(n, (int, np.integer)) and n > 0 for n in shape)):
             raise ValueError(f"shape must be two positive ints (ny, nx), got {shape!r}")
