@@ -27,7 +27,10 @@ _LAZY = {
     "fit_eigenstrain": "learning",
     "EigenstrainModel": "learning",
 }
-_SUBMODULES = ("specimen", "elasticity", "plotting", "strain", "xanes", "registration", "learning")
+_SUBMODULES = (
+    "specimen", "elasticity", "plotting",
+    "stem4d", "strain", "ptycho", "xanes", "modalities", "registration", "correlate", "learning",
+)
 
 __all__ = sorted(_LAZY) + list(_SUBMODULES)
 

@@ -343,7 +343,7 @@ Field = Callable[[np.ndarray, np.ndarray], object]
 
 def _field_values(fun_or_array, basis: skfem.CellBasis, n: int, name: str) -> list[np.ndarray]:
     """Evaluate a field on the quadrature points: callable(x, y) or per-element constants."""
-    x, y = basis.global_coordinates().value  # (nelems, nqp)
+    x, y = np.asarray(basis.global_coordinates())  # (nelems, nqp)
     if callable(fun_or_array):
         vals = fun_or_array(x, y)
         vals = [np.broadcast_to(np.asarray(v, dtype=float), x.shape) for v in vals]
@@ -429,7 +429,7 @@ class ElasticProblem:
             # Rigid-body modes: pin three dofs (exact for the self-equilibrated
             # eigenstrain load), then remove the rigid motion that makes the mean
             # displacement and the mean rotation zero (see `_remove_rigid`).
-            x, y = self.basis.global_coordinates().value
+            x, y = np.asarray(self.basis.global_coordinates())
             ones = np.ones_like(x)
             zero = np.zeros_like(x)
             self._R = np.vstack([skfem.asm(_rigid_constraints, self.basis, k0=k0, k1=k1, k2=k2)
@@ -460,7 +460,7 @@ class ElasticProblem:
         return u - rigid
 
     def _stiffness_at_quadrature(self) -> dict:
-        x, y = self.basis.global_coordinates().value
+        x, y = np.asarray(self.basis.global_coordinates())
         if callable(self.stiffness):
             c = np.asarray(self.stiffness(x, y), dtype=float)
             if c.shape[:2] != (3, 3):
@@ -570,7 +570,7 @@ class ElasticSolution:
         c = np.array([[1 / 3], [1 / 3]]) if isinstance(m, skfem.MeshTri) else np.array([[0.5], [0.5]])
         g, qb = self._grad_at(c)
         e = _strain_from_grad(g[..., 0])
-        x, y = qb.global_coordinates().value
+        x, y = np.asarray(qb.global_coordinates())
         e0 = _field_values(self.eigenstrain, qb, 3, "eigenstrain")
         cq = self.problem.stiffness
         if callable(cq):

@@ -75,3 +75,23 @@ def image_panel(ax, image, *, title: str = "", cmap: str = X_CMAP, symmetric: bo
         cb.set_label(label, fontsize=8)
         cb.ax.tick_params(labelsize=7)
     return im
+
+
+def _enable_ipython_png() -> None:
+    """Let Jupyter show pyplot-free Figures as PNG.
+
+    IPython registers its Figure formatter only when pyplot is imported (or with
+    ``%matplotlib inline``); the helpers here never import pyplot, so register it
+    when running inside IPython. Outside IPython this does nothing.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.core.pylabtools import select_figure_formats
+    except ImportError:  # pragma: no cover - IPython is a dependency of the book only
+        return
+    shell = get_ipython()
+    if shell is not None:
+        select_figure_formats(shell, {"png"}, bbox_inches="tight", dpi=110)
+
+
+_enable_ipython_png()

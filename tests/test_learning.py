@@ -1,0 +1,295 @@
+"""Tests of chemomech.learning: physics-constrained learning of eps0(X).
+
+Fast tests use one coarse twin particle (12 nm pixels, coarse truth mesh); the
+acceptance tests (marked slow) use the named set P1–P5 at 5 nm pixels with the
+noise of the issue (sigma_strain = 5e-4, sigma_X = 0.03).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from chemomech import learning, specimen
+from chemomech.learning import EigenstrainModel, fit_eigenstrain, legendre_basis, naive_regression, simex
+
+SLOPE_TRUTH = np.array([specimen.VEGARD_AA, specimen.VEGARD_CC])
+X_EVAL = np.linspace(0.2, 0.8, 13)  # acceptance range of the slope
+SIGMA_STRAIN = 5e-4
+SIGMA_X = 0.03
+
+
+@pytest.fixture(scope="module")
+def coarse():
+    """One biphasic particle, noise-free, 12 nm pixels (non-square image)."""
+    p = specimen.make_particle("coarse", batch="biphasic", seed=5, mesh_nrefs=4)
+    ds = p.render(pixel_size_nm=12.0)
+    assert ds.sizes["y"] != ds.sizes["x"]
+    return ds
+
+
+def _strain(ds):
+    return ds[["exx", "eyy", "exy"]]
+
+
+# --- basis and model ------------------------------------------------------------------------
+
+
+def test_basis_vanishes_at_zero_and_derivative_matches_finite_difference():
+    x = np.array([0.0, 0.3, 0.7])
+    b = legendre_basis(x, 4)
+    assert np.all(b[0] == 0)
+    h = 1e-6
+    fd = (legendre_basis(x + h, 4) - legendre_basis(x - h, 4)) / (2 * h)
+    np.testing.assert_allclose(legendre_basis(x, 4, derivative=1), fd, rtol=1e-6, atol=1e-6)
+
+
+def test_noise_free_fit_recovers_vegard_with_right_axes(coarse):
+    model = fit_eigenstrain(_strain(coarse), coarse.X, degree=1, n_boot=0)
+    # 12 nm pixels against a coarse truth mesh (nrefs=4): 2.1 % mismatch along c measured;
+    # at 5 nm and the default truth mesh it is 0.2 % (see the slow tests)
+    np.testing.assert_allclose(model.derivative(X_EVAL), np.tile(SLOPE_TRUTH, (13, 1)), rtol=0.03)
+    e = model.eigenstrain([0.0, 1.0])
+    assert e.shape == (2, 2) and np.all(e[0] == 0)
+    assert e[1, 0] > 0 > e[1, 1]  # a expands, c contracts: a transpose would fail
+
+
+def test_offsets_are_nuisance_parameters(coarse):
+    base = fit_eigenstrain(_strain(coarse), coarse.X, degree=2, n_boot=0)
+    shifted = _strain(coarse).copy()
+    shifted["exx"] = shifted["exx"] + 0.003
+    shifted["exy"] = shifted["exy"] - 0.001
+    moved = fit_eigenstrain(shifted, coarse.X, degree=2, n_boot=0)
+    np.testing.assert_allclose(moved.coef, base.coef, atol=1e-10)
+    name = list(moved.offsets)[0]
+    np.testing.assert_allclose(moved.offsets[name] - base.offsets[name], [0.003, 0.0, -0.001], atol=1e-9)
+
+
+def test_dirichlet_noise_free(coarse):
+    model = fit_eigenstrain(_strain(coarse), coarse.X, degree=1, boundary="dirichlet", n_boot=0)
+    np.testing.assert_allclose(model.derivative([0.5])[0], SLOPE_TRUTH, rtol=0.03)
+    with pytest.raises(ValueError, match="strain"):
+        model.predict_strain(coarse.X)
+
+
+def test_predict_strain_matches_truth_and_residual_removes_offset(coarse):
+    truth = EigenstrainModel.from_law(specimen.vegard_law(), 1)
+    pred = truth.predict_strain(coarse.X)
+    m = pred.mask.values
+    for v in ("exx", "eyy", "exy"):
+        # interior pixels: the pixel mesh reproduces the fine-mesh truth to ~1e-4
+        err = np.abs(pred[v].values[m] - coarse[v].values[m])
+        assert np.median(err) < 2e-4, v
+    shifted = _strain(coarse).copy()
+    shifted["eyy"] = shifted["eyy"] + 0.002
+    res = truth.residual(shifted, coarse.X)
+    np.testing.assert_allclose(res.attrs["offsets"][1] - truth.residual(_strain(coarse), coarse.X).attrs["offsets"][1],
+                               0.002, atol=1e-9)
+    assert np.isnan(res.exx.values[~m]).all()
+
+
+def test_summary_and_bootstrap(coarse):
+    g = np.random.default_rng(3)
+    noisy = _strain(coarse).copy()
+    for v in ("exx", "eyy", "exy"):
+        noisy[v] = noisy[v] + SIGMA_STRAIN * g.standard_normal(noisy[v].shape)
+    model = fit_eigenstrain(noisy, coarse.X, degree=2, n_boot=30, rng=1)
+    s = model.summary()
+    assert s.coef.shape == (2, 2) and s.slope.shape == (2, 3)
+    assert np.all(np.isfinite(s.coef_se)) and np.all(s.slope_se > 0)
+    assert np.all(s.slope_low <= s.slope) and np.all(s.slope <= s.slope_high)
+    # slope SE with ~300 pixels and 5e-4 noise: of order 1e-3, far below the slope itself
+    assert float(s.slope_se.max()) < 0.01
+    lo, hi = model.interval([0.5], quantity="eigenstrain")
+    assert lo.shape == (1, 2) and np.all(lo < hi)
+
+
+def test_degree_selection_by_spatial_cv_is_reported(coarse):
+    model = fit_eigenstrain(_strain(coarse), coarse.X, max_degree=3, n_boot=0, rng=0)
+    assert model.cv is not None and model.cv.attrs["folds"] == "spatial blocks"
+    assert model.cv.mse.shape == (3, 5)
+    assert model.degree == model.cv.attrs["selected"]
+
+
+def test_monotonic_and_smoothness_keep_the_slope(coarse):
+    model = fit_eigenstrain(_strain(coarse), coarse.X, degree=3, monotonic=True, smoothness=1e-3, n_boot=0)
+    d = model.derivative(np.linspace(0, 1, 21))
+    assert np.all(d[:, 0] >= -1e-9) and np.all(d[:, 1] <= 1e-9)
+
+
+def test_inputs_are_not_modified(coarse):
+    s = _strain(coarse).copy(deep=True)
+    x = coarse.X.copy(deep=True)
+    fit_eigenstrain(s, x, degree=1, n_boot=0)
+    xr.testing.assert_identical(s, _strain(coarse))
+    xr.testing.assert_identical(x, coarse.X)
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+def test_mismatched_grids_raise(coarse):
+    with pytest.raises(ValueError, match="X"):
+        fit_eigenstrain(_strain(coarse), coarse.X[:-1], degree=1)
+    shifted = coarse.X.assign_coords(x=coarse.x + 1.0)
+    with pytest.raises(ValueError, match="different grids"):
+        fit_eigenstrain(_strain(coarse), shifted, degree=1)
+
+
+def test_too_few_pixels_for_degree(coarse):
+    m = np.zeros(coarse.X.shape, bool)
+    cy, cx = np.array(m.shape) // 2
+    m[cy - 2:cy + 3, cx - 2:cx + 3] = True  # 25 pixels
+    with pytest.raises(ValueError, match="mask selects 25 pixels"):
+        fit_eigenstrain(_strain(coarse), coarse.X, mask=m, degree=3)
+
+
+def test_x_outside_unit_interval_raises(coarse):
+    with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]"):
+        fit_eigenstrain(_strain(coarse), coarse.X + 0.2, degree=1)
+    model = EigenstrainModel.from_law(specimen.vegard_law(), 1)
+    with pytest.raises(ValueError, match="X must lie"):
+        model.derivative([1.5])
+
+
+def test_mask_in_two_pieces_names_the_particle(coarse):
+    m = coarse.mask.values.copy()
+    m[:, m.shape[1] // 2] = False  # cut the particle in two
+    with pytest.raises(ValueError, match=r"mask\[1\].*edge-connected"):
+        fit_eigenstrain([_strain(coarse), _strain(coarse)], [coarse.X, coarse.X],
+                        mask=[coarse.mask.values, m], degree=1)
+
+
+def test_two_copies_get_separate_offsets(coarse):
+    shifted = _strain(coarse).copy()
+    shifted["eyy"] = shifted["eyy"] - 0.002
+    model = fit_eigenstrain([_strain(coarse), shifted], [coarse.X, coarse.X], degree=1, n_boot=0)
+    assert len(model.offsets) == 2
+    a, b = model.offsets.values()
+    np.testing.assert_allclose(b - a, [0.0, -0.002, 0.0], atol=1e-9)
+
+
+def test_other_bad_options(coarse):
+    with pytest.raises(ValueError, match="boundary"):
+        fit_eigenstrain(_strain(coarse), coarse.X, boundary="clamped")
+    with pytest.raises(TypeError, match="strain"):
+        fit_eigenstrain(coarse.exx, coarse.X)
+    with pytest.raises(ValueError, match="missing"):
+        fit_eigenstrain(coarse[["exx", "eyy"]], coarse.X)
+    with pytest.raises(ValueError, match="one map per strain"):
+        fit_eigenstrain([_strain(coarse), _strain(coarse)], [coarse.X])
+    with pytest.raises(ValueError, match="degree"):
+        fit_eigenstrain(_strain(coarse), coarse.X, degree=0)
+    with pytest.raises(TypeError, match="mask"):
+        fit_eigenstrain(_strain(coarse), coarse.X, mask=coarse.X.values)
+
+
+# --- naive regression and SIMEX -------------------------------------------------------------------
+
+
+def test_naive_regression_and_simex_on_a_known_line():
+    g = np.random.default_rng(0)
+    xt = g.uniform(0, 1, (60, 70))
+    s = xr.Dataset({v: (("y", "x"), k * xt) for v, k in (("exx", 0.05), ("eyy", -0.02), ("exy", 0 * xt))})
+    exact = naive_regression(s, xr.DataArray(xt, dims=("y", "x")))
+    np.testing.assert_allclose(exact.slope, [0.05, -0.02], rtol=1e-12)
+    xn = xr.DataArray(xt + g.normal(0, 0.2, xt.shape), dims=("y", "x"))
+    naive = naive_regression(s, xn)
+    # reliability ratio var(X) / (var(X) + 0.04) = (1/12) / (1/12 + 0.04) = 0.676
+    np.testing.assert_allclose(naive.slope / [0.05, -0.02], 0.676, atol=0.02)
+    corr = simex(s, xn, sigma_X=0.2, rng=1)
+    np.testing.assert_allclose(corr.slope / [0.05, -0.02], 1.0, atol=0.03)
+    with pytest.raises(ValueError, match="sigma_X"):
+        simex(s, xn, sigma_X=-1.0)
+
+
+# --- acceptance on the named twin set (slow) -------------------------------------------------------
+
+
+def _measure(particles, names, seed):
+    out = [learning.twin_measurement(particles[k].render(pixel_size_nm=5.0), sigma_strain=SIGMA_STRAIN,
+                                     sigma_X=SIGMA_X, rng=seed + i) for i, k in enumerate(names)]
+    return [o[0] for o in out], [o[1] for o in out]
+
+
+@pytest.fixture(scope="module")
+def vegard_set():
+    return specimen.particle_set()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("law_name", ["vegard", "nonlinear"])
+def test_acceptance_slopes_with_cv_degree(law_name, vegard_set):
+    law = specimen.vegard_law() if law_name == "vegard" else specimen.nonlinear_law()
+    parts = vegard_set if law_name == "vegard" else specimen.particle_set(law=law)
+    S, X = _measure(parts, ["P2", "P3", "P4", "P5"], seed=10)
+    model = fit_eigenstrain(S, X, sigma_X=SIGMA_X, n_boot=0, rng=0)
+    assert model.degree == (1 if law_name == "vegard" else 3)
+    rel = model.derivative(X_EVAL) / law.derivative(X_EVAL) - 1
+    # issue 7: within 5 % (aim 2 %) over X in [0.2, 0.8]; measured 0.3-0.4 % (Vegard) and 1.5-2.3 %
+    # (non-linear) for three noise seeds
+    assert np.abs(rel).max() < 0.05
+
+
+@pytest.mark.slow
+def test_acceptance_held_out_p1_residual(vegard_set):
+    S, X = _measure(vegard_set, ["P2", "P3", "P4", "P5"], seed=10)
+    model = fit_eigenstrain(S, X, sigma_X=SIGMA_X, n_boot=0, rng=0)
+    (s1,), (x1,) = _measure(vegard_set, ["P1"], seed=99)
+    res = model.residual(s1, x1)
+    oracle = EigenstrainModel.from_law(specimen.vegard_law(), 1).residual(s1, x1)
+    d = vegard_set["P1"].defect
+    far = {"center_nm": d.center_nm, "radius_nm": 6 * d.sigma_nm}
+    rms_far = learning.residual_rms(res, **far)
+    # noise level = what the true law leaves with this noise (strain noise + X noise propagated)
+    assert rms_far <= 1.5 * learning.residual_rms(oracle, **far)
+    assert rms_far < 2.0 * SIGMA_STRAIN
+    near = learning.residual_rms(res, center_nm=d.center_nm, radius_nm=d.sigma_nm, inside=True)
+    assert near > 3 * rms_far  # the defect stands out (measured 3.6-4.5x)
+
+
+@pytest.mark.slow
+def test_acceptance_regression_dilution(vegard_set):
+    names = ["P2", "P3", "P4", "P5"]
+    out = [learning.twin_measurement(vegard_set[k].render(pixel_size_nm=5.0), sigma_X=0.2, clip=False, rng=i)
+           for i, k in enumerate(names)]
+    S, X = [o[0] for o in out], [o[1] for o in out]
+    naive = naive_regression(S, X).slope.values / SLOPE_TRUTH
+    corr = simex(S, X, sigma_X=0.2, rng=0).slope.values / SLOPE_TRUTH
+    assert np.all(naive < 0.8)  # visibly biased: measured 0.73
+    np.testing.assert_allclose(corr, 1.0, atol=0.10)  # measured 0.95, 0.96
+
+
+# --- properties ----------------------------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_coefs = st.lists(st.floats(-0.1, 0.1, allow_nan=False), min_size=1, max_size=4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(aa=_coefs, cc=_coefs)
+def test_property_eigenstrain_vanishes_at_zero_and_derivative_is_consistent(aa, cc):
+    law = specimen.EigenstrainLaw("random", tuple(aa), tuple(cc))
+    model = EigenstrainModel.from_law(law, max(len(aa), len(cc)))
+    assert np.all(model.eigenstrain([0.0]) == 0)
+    x = np.linspace(0, 1, 7)
+    np.testing.assert_allclose(model.eigenstrain(x), law(x), atol=1e-12)
+    np.testing.assert_allclose(model.derivative(x), law.derivative(x), atol=1e-11)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shift=st.floats(-0.01, 0.01), scale=st.floats(0.5, 2.0))
+def test_property_naive_slope_is_affine_equivariant(shift, scale):
+    g = np.random.default_rng(1)
+    xt = g.uniform(0, 1, (9, 11))
+    s = xr.Dataset({v: (("y", "x"), k * xt + g.normal(0, 1e-3, xt.shape))
+                    for v, k in (("exx", 0.05), ("eyy", -0.02), ("exy", 0.0))})
+    x = xr.DataArray(xt, dims=("y", "x"))
+    base = naive_regression(s, x).slope.values
+    moved = s.copy()
+    for v in ("exx", "eyy"):
+        moved[v] = scale * s[v] + shift
+    np.testing.assert_allclose(naive_regression(moved, x).slope.values, scale * base, rtol=1e-9, atol=1e-12)
