@@ -1,0 +1,350 @@
+"""Tests of chemomech.xanes: references, vectorised NNLS, σ_X calibration, drift, map_lithium."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.optimize
+import xarray as xr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+from scipy import ndimage
+
+from chemomech import ptycho, specimen, xanes
+from chemomech.xanes import _nnls_offset
+
+ENERGY = ptycho.energy_grid()
+
+
+def _od_from_params(a, b, c, energy=ENERGY, refs=None):
+    """OD cube (energy, y, x) of the model a*LFP + b*FP + c (a, b, c of shape (ny, nx))."""
+    refs = xanes.reference_spectra() if refs is None else refs
+    mu = refs.interp(energy=energy)
+    od = (mu.LFP.values[:, None, None] * a + mu.FP.values[:, None, None] * b + c)
+    return xr.DataArray(od, dims=("energy", "y", "x"), coords={"energy": energy})
+
+
+@pytest.fixture(scope="module")
+def small_particle():
+    return specimen.make_particle("small", batch="biphasic", seed=5, semi_axes_nm=(75.0, 105.0))
+
+
+@pytest.fixture(scope="module")
+def small_stack(small_particle):
+    return ptycho.simulate_stack(small_particle, shape=(44, 58), pixel_size_nm=5.0, rng=11)
+
+
+# --- references -----------------------------------------------------------------------
+
+
+def test_reference_spectra_have_literature_peaks_ratios_and_scale():
+    refs = xanes.reference_spectra()
+    assert refs.LFP.attrs["units"] == "1/nm" and refs.energy.attrs["units"] == "eV"
+    e = refs.energy.values
+    lfp, fp = refs.LFP.values, refs.FP.values
+    assert abs(e[np.argmax(lfp)] - 708.0) < 0.2  # Fe2+ main L3 peak
+    assert abs(e[np.argmax(fp)] - 710.0) < 0.2  # Fe3+ main L3 peak
+    at = refs.interp(energy=[708.0, 710.0])
+    assert_allclose(float(at.LFP[1] / at.LFP[0]), 0.5, atol=0.02)
+    assert_allclose(float(at.FP[1] / at.FP[0]), 2.1, atol=0.05)
+    assert_allclose(100 * float(at.LFP[0]), 1.0, atol=0.01)  # 100 nm LiFePO4 -> OD 1 at 708 eV
+    assert np.all(lfp > 0) and np.all(fp > 0)
+    assert "not measured" in refs.attrs["source"]
+
+
+def test_reference_spectra_on_user_energies_and_bad_energies():
+    refs = xanes.reference_spectra([700.0, 708.0, 712.0])
+    assert refs.LFP.shape == (3,)
+    with pytest.raises(ValueError, match="increasing"):
+        xanes.reference_spectra([708.0, 700.0])
+    with pytest.raises(ValueError, match="keV"):
+        xanes.reference_spectra([0.700, 0.708])
+
+
+# --- the vectorised NNLS ---------------------------------------------------------------
+
+
+def test_vectorised_nnls_matches_scipy_on_random_pixels():
+    rng = np.random.default_rng(0)
+    mu = xanes.reference_spectra(ENERGY)
+    A = np.column_stack([mu.LFP.values, mu.FP.values, np.ones(ENERGY.size)])
+    # mixtures with negative "thickness" components and offsets of both signs: all active sets occur
+    p_true = rng.normal(0, 40, (3, 400))
+    p_true[2] = rng.normal(0, 0.2, 400)
+    Y = A @ p_true + rng.normal(0, 0.05, (ENERGY.size, 400))
+    W = rng.uniform(0.5, 2.0, Y.shape)
+    for weights in (None, W):
+        p, rss = _nnls_offset(A, Y, weights)
+        n_active = 0
+        for j in range(0, 400, 7):
+            w = np.ones(ENERGY.size) if weights is None else weights[:, j]
+            sw = np.sqrt(w)
+            # c free = c_plus - c_minus, both >= 0
+            Aj = np.column_stack([A[:, :2], A[:, 2], -A[:, 2]]) * sw[:, None]
+            q, _ = scipy.optimize.nnls(Aj, Y[:, j] * sw)
+            ref = np.array([q[0], q[1], q[2] - q[3]])
+            assert_allclose(p[:, j], ref, atol=1e-6 * max(1.0, np.abs(ref).max()))
+            assert_allclose(rss[j], np.sum(w * (A @ ref - Y[:, j]) ** 2), rtol=1e-8)
+            n_active += int(np.any(ref[:2] == 0))
+        assert n_active > 10  # the constraints were really exercised
+
+
+@settings(max_examples=25, deadline=None)
+@given(a=st.floats(0.0, 120.0), b=st.floats(0.0, 120.0), c=st.floats(-0.1, 0.1))
+def test_fit_recovers_noise_free_mixtures_and_x_stays_in_unit_interval(a, b, c):
+    od = _od_from_params(np.full((2, 3), a), np.full((2, 3), b), np.full((2, 3), c))
+    fit = xanes.fit_spectra(od)
+    if a + b > 1.0:
+        assert_allclose(fit.X.values, a / (a + b), atol=1e-6)
+        assert_allclose(fit.thickness.values, a + b, rtol=1e-6)
+        assert_allclose(fit.offset.values, c, atol=1e-6)
+    x = fit.X.values[np.isfinite(fit.X.values)]
+    assert np.all((x >= 0) & (x <= 1))
+
+
+def test_fit_maps_are_not_transposed():
+    yy, xx = np.mgrid[:4, :7]
+    a = 10.0 * xx  # varies along x only
+    b = 5.0 + 3.0 * yy  # varies along y only
+    fit = xanes.fit_spectra(_od_from_params(a, b, 0.0 * a))
+    assert fit.X.dims == ("y", "x") and fit.X.shape == (4, 7)
+    assert_allclose(fit.thickness.values, a + b, rtol=1e-6)
+    assert_allclose(fit.X.values, a / (a + b), atol=1e-6)
+
+
+def test_sigma_x_is_calibrated_on_gaussian_noise():
+    # known a, b, c with heteroscedastic (shot-like) noise; the fraction within k sigma is Gaussian
+    rng = np.random.default_rng(3)
+    ny, nx = 60, 70
+    a = rng.uniform(10, 90, (ny, nx))
+    b = rng.uniform(10, 90, (ny, nx))
+    clean = _od_from_params(a, b, np.zeros((ny, nx)))
+    sigma = 0.01 * np.exp(clean.values / 2)  # sigma_OD ~ exp(OD/2), as for shot or reconstruction noise
+    od = clean + rng.normal(size=clean.shape) * sigma
+    fit = xanes.fit_spectra(od)
+    z = (fit.X.values - a / (a + b)) / fit.X_sigma.values
+    for k, expected in ((1, 0.683), (2, 0.954)):
+        assert_allclose(np.mean(np.abs(z) <= k), expected, atol=0.02)  # 4200 px: binomial sd 0.007
+    # an ordinary (unweighted) fit under-reports sigma_X on this noise
+    z_u = (xanes.fit_spectra(od, weighting="uniform").X - a / (a + b)) / xanes.fit_spectra(
+        od, weighting="uniform").X_sigma
+    assert np.mean(np.abs(z_u.values) <= 1) < np.mean(np.abs(z) <= 1)
+
+
+def test_sum_to_one_shortcut_clips_and_has_no_uncertainty():
+    rng = np.random.default_rng(4)
+    a = np.full((5, 6), 80.0)
+    b = np.full((5, 6), 0.5)
+    od = _od_from_params(a, b, 0 * a) + rng.normal(0, 0.02, (ENERGY.size, 5, 6))
+    fit = xanes.fit_spectra(od, constraint="sum_to_one")
+    assert np.all((fit.X.values >= 0) & (fit.X.values <= 1))
+    assert np.mean(fit.X.values == 1.0) > 0.2  # pile-up at the bound
+    assert np.all(np.isnan(fit.X_sigma.values))
+
+
+def test_principal_components_count_the_spectral_components():
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0, 80, (20, 25))
+    b = rng.uniform(0, 80, (20, 25))
+    od = _od_from_params(a, b, rng.normal(0, 0.05, (20, 25)))
+    noisy = od + rng.normal(0, 0.01, od.shape)
+    mask = np.ones((20, 25), bool)
+    assert xanes.principal_components(noisy, mask=mask, noise=0.01).attrs["n_significant"] == 2
+    # a third species (a Gaussian line at 715 eV) is detected
+    third = np.exp(-0.5 * ((ENERGY - 715.0) / 1.0) ** 2)[:, None, None] * rng.uniform(0, 0.3, (20, 25))
+    assert xanes.principal_components(noisy + third, mask=mask, noise=0.01).attrs["n_significant"] == 3
+
+
+# --- drift -------------------------------------------------------------------------------
+
+
+def test_estimate_drift_recovers_known_shifts_with_sign_and_axes(small_particle):
+    e = ENERGY
+    n = e.size
+    shifts = np.zeros((n, 2))
+    shifts[:, 0] = np.linspace(0, 2.5, n)  # y: +2.5 px over the scan
+    shifts[:, 1] = -np.linspace(0, 1.2, n) ** 2  # x: curved, negative
+    stack, truth = ptycho.simulate_stack(small_particle, shape=(44, 58), pixel_size_nm=5.0,
+                                         shifts=shifts, rng=2)
+    d = xanes.estimate_drift(stack)
+    assert d.dims == ("energy", "axis") and list(d.axis.values) == ["y", "x"]
+    assert d.attrs["units"] == "px"
+    assert_allclose(d.values[0], 0.0)
+    err = d.values - shifts
+    assert np.sqrt(np.mean(err**2)) < 0.1  # acceptance: drift to <= 0.1 px RMS
+    # the contrast flip fools raw-frame correlation: edge/model-based estimate beats it
+    from chemomech.xanes import _absorbance, _xcorr_shift
+
+    L = _absorbance(stack)
+    raw = np.stack([_xcorr_shift(L[0], f, 50) for f in L])
+    assert np.sqrt(np.mean((raw - shifts) ** 2)) > 2 * np.sqrt(np.mean(err**2))
+
+
+# --- map_lithium -------------------------------------------------------------------------
+
+
+def test_map_lithium_small_stack(small_stack):
+    stack, truth = small_stack
+    before = stack.copy(deep=True)
+    res = xanes.map_lithium(stack)
+    assert_allclose(stack.values, before.values)  # input not modified
+    assert set(res.data_vars) == {"X", "X_sigma", "thickness", "residual", "mask", "shifts"}
+    for k in ("X", "X_sigma", "thickness", "residual"):
+        assert res[k].dims == ("y", "x") and "units" in res[k].attrs and "long_name" in res[k].attrs
+        assert np.all(np.isnan(res[k].values[~res.mask.values]))
+        assert np.all(np.isfinite(res[k].values[res.mask.values]))
+    assert res.thickness.attrs["units"] == "nm"
+    assert res.shifts.dims == ("energy", "axis")
+    m = truth.interior.values
+    assert np.mean(res.mask.values[m]) >= 0.98
+    err = (res.X - truth.X).values[m & res.mask.values]
+    assert np.sqrt(np.mean(err**2)) < 0.04  # 5 nm pixels, smaller particle: a bit noisier than 0.03
+    t_err = (res.thickness - truth.thickness).values[m & res.mask.values]
+    assert abs(np.median(t_err)) < 3.0  # nm; the bandwidth lowers the white lines by ~1 %
+    assert res.attrs["pca_n_significant"] == 2
+    rim = ndimage.binary_dilation(truth.mask.values, iterations=1)
+    assert not np.any(res.mask.values & ~rim)  # valid pixels outside the particle: partial rim pixels only
+
+
+def test_map_lithium_without_alignment_is_worse_and_reports_zero_shifts(small_stack):
+    stack, truth = small_stack
+    res = xanes.map_lithium(stack, align=False)
+    assert np.all(res.shifts.values == 0)
+    aligned = xanes.map_lithium(stack)
+    m = truth.interior.values
+    rms = [np.sqrt(np.nanmean(((r.X - truth.X).values[m]) ** 2)) for r in (res, aligned)]
+    assert rms[0] > 1.5 * rms[1]
+
+
+def test_map_lithium_stxm_intensity_and_user_references(small_particle):
+    stack, truth = ptycho.simulate_stack(small_particle, mode="stxm", shape=(44, 58), pixel_size_nm=5.0,
+                                         rng=12)
+    refs = xanes.reference_spectra(np.arange(695.0, 735.0, 0.1)) * 1000.0  # OD per um
+    refs.attrs["source"] = "test"
+    for k in ("LFP", "FP"):
+        refs[k].attrs["units"] = "1/um"
+    res = xanes.map_lithium(stack, references=refs)
+    m = truth.interior.values & res.mask.values
+    assert np.sqrt(np.mean(((res.X - truth.X).values[m]) ** 2)) < 0.02
+    assert_allclose(np.nanmedian((res.thickness.values * 1000.0)[m] / truth.thickness.values[m]), 1.0, atol=0.03)
+    assert res.attrs["references"] == "test"
+
+
+def test_saturated_pixels_are_masked(small_particle):
+    stack, truth = ptycho.simulate_stack(small_particle, shape=(44, 58), pixel_size_nm=5.0,
+                                         thickness_scale=2.2, rng=13)
+    res = xanes.map_lithium(stack)
+    assert res.attrs["n_saturated"] > 50
+    od = xanes.optical_density(stack, shifts=res.shifts)
+    assert np.all(od.values[:, res.mask.values].max(axis=0) <= xanes.OD_SATURATION)
+
+
+def test_background_mask_is_used_and_checked(small_stack):
+    stack, truth = small_stack
+    bg = np.zeros(truth.mask.shape, bool)
+    bg[:5, :] = True
+    res = xanes.map_lithium(stack, background=bg)
+    assert res.attrs["n_background"] <= bg.sum()
+    with pytest.raises(ValueError, match="background"):
+        xanes.map_lithium(stack, background=np.zeros_like(bg))
+    with pytest.raises(ValueError, match="background covers the particle"):
+        xanes.map_lithium(stack, background=truth.mask.values.copy())
+    with pytest.raises(ValueError, match="background covers the particle"):
+        xanes.map_lithium(stack, background=np.ones_like(bg))
+    with pytest.raises(ValueError, match="background must have shape"):
+        xanes.map_lithium(stack, background=bg[:, :-1])
+
+
+def test_bad_stacks_raise_clear_errors(small_stack):
+    stack, _ = small_stack
+    with pytest.raises(ValueError, match="increasing"):
+        xanes.map_lithium(stack.isel(energy=slice(None, None, -1)))
+    with pytest.raises(ValueError, match="keV"):
+        xanes.map_lithium(stack.assign_coords(energy=stack.energy / 1000.0))
+    nan = stack.copy()
+    nan[3] = np.nan
+    with pytest.raises(ValueError, match="all NaN"):
+        xanes.map_lithium(nan)
+    with pytest.raises(ValueError, match="dims"):
+        xanes.map_lithium(stack.transpose("y", "x", "energy"))
+    with pytest.raises(TypeError, match="stack"):
+        xanes.map_lithium(stack.values)
+    with pytest.raises(ValueError, match="energy"):
+        xanes.map_lithium(stack.drop_vars("energy"))
+
+
+def test_bad_references_raise_clear_errors(small_stack):
+    stack, _ = small_stack
+    refs = xanes.reference_spectra()
+    with pytest.raises(ValueError, match="does not overlap"):
+        xanes.map_lithium(stack, references=refs.assign_coords(energy=refs.energy + 100.0))
+    with pytest.raises(ValueError, match="crop the stack"):
+        xanes.map_lithium(stack, references=refs.sel(energy=slice(705.0, 740.0)))
+    with pytest.raises(ValueError, match="LFP"):
+        xanes.map_lithium(stack, references=refs[["FP"]])
+    with pytest.raises(TypeError, match="references"):
+        xanes.map_lithium(stack, references=refs.LFP)
+
+
+def test_netcdf_round_trip(tmp_path, small_stack):
+    stack, _ = small_stack
+    res = xanes.map_lithium(stack, align=False)
+    path = xanes.write_netcdf(res, tmp_path / "result.nc")
+    back = xr.open_dataset(path, engine="h5netcdf").load()
+    assert back.mask.dtype == bool
+    assert_allclose(back.X.values, res.X.values)
+    assert_allclose(back.shifts.values, res.shifts.values)
+    xanes.write_netcdf(stack.rename("stack"), tmp_path / "stack.nc")
+    assert_allclose(xanes.read_stack(tmp_path / "stack.nc").values, stack.values)
+    with pytest.raises(ValueError, match=".nc"):
+        xanes.write_netcdf(res, tmp_path / "result.txt")
+
+
+@pytest.mark.slow
+def test_acceptance_twin_particle_128px_60_energies():
+    """Issue acceptance: RMS(X - X_true) <= 0.03, 0.6-0.8 within 1 sigma, drift <= 0.1 px, >= 98 % valid."""
+    p = specimen.particle_set()["P3"]
+    stack, truth = ptycho.simulate_stack(p, rng=1)
+    assert stack.shape == (60, 128, 128)
+    res = xanes.map_lithium(stack)
+    m = truth.interior.values
+    assert np.mean(res.mask.values[m]) >= 0.98
+    ok = m & res.mask.values
+    err = (res.X - truth.X).values[ok]
+    assert np.sqrt(np.mean(err**2)) <= 0.03
+    assert 0.6 <= np.mean(np.abs(err) <= res.X_sigma.values[ok]) <= 0.8
+    assert np.sqrt(np.mean((res.shifts.values - truth.shifts.values) ** 2)) <= 0.1
+
+
+def test_calibration_curve_and_predict_od():
+    rng = np.random.default_rng(8)
+    truth = rng.uniform(0, 1, (40, 50))
+    sigma = np.full(truth.shape, 0.05)
+    c = xanes.calibration_curve(truth + rng.normal(0, 0.05, truth.shape), sigma, truth, k=[1.0, 2.0])
+    assert_allclose(c.observed.values, [0.683, 0.954], atol=0.03)
+    assert_allclose(c.gaussian.values, [0.6827, 0.9545], atol=1e-4)
+    # sigma twice too small: the curve falls well below the Gaussian
+    c2 = xanes.calibration_curve(truth + rng.normal(0, 0.1, truth.shape), sigma, truth, k=[1.0])
+    assert float(c2.observed[0]) < 0.45
+    with pytest.raises(ValueError, match="same shape"):
+        xanes.calibration_curve(truth, sigma[:, :-1], truth)
+    a = np.full((3, 4), 30.0)
+    od = _od_from_params(a, 2 * a, 0.01 + 0 * a)
+    pred = xanes.predict_od(xanes.fit_spectra(od), ENERGY[::2])
+    assert pred.dims == ("energy", "y", "x") and pred.shape == (ENERGY[::2].size, 3, 4)
+    assert_allclose(pred.values, od.values[::2], atol=1e-9)
+
+
+def test_read_stack_rejects_unknown_files(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        xanes.read_stack(tmp_path / "missing.cxi")
+    np.savez(tmp_path / "plain.npz", stack=np.ones((5, 3, 4)), energy=np.arange(700.0, 705.0))
+    plain = xanes.read_stack(tmp_path / "plain.npz")
+    assert plain.dims == ("energy", "y", "x") and plain.shape == (5, 3, 4)
+    np.savez(tmp_path / "bad.npz", stack=np.ones((5, 3, 4)), energy=np.arange(705.0, 700.0, -1))
+    with pytest.raises(ValueError, match="increasing"):
+        xanes.read_stack(tmp_path / "bad.npz")
+    (tmp_path / "stack.tif").write_bytes(b"0")
+    with pytest.raises(ValueError, match=".cxi"):
+        xanes.read_stack(tmp_path / "stack.tif")
