@@ -208,3 +208,23 @@ def test_virtual_images_bright_and_dark_field():
     # vacuum: everything in the bright field; crystal: diffracted electrons in the dark field
     assert v.bright_field.values[~crystal].min() > 0.95e5 > v.bright_field.values[crystal].max()
     assert v.dark_field.values[crystal].min() > 10 * v.dark_field.values[~crystal].max()
+
+
+def test_detection_parameters_chosen_from_data():
+    # template radius from the central disk, capture and spacing from the shortest reciprocal vector
+    setup = stem4d.DiffractionSetup()
+    sim = stem4d.simulate_uniform(exx=0.01, scan_shape=(3, 5), reference_columns=2, dose=1e5, rng=13)
+    d = strain.diagnostics(sim.datacube, patterns=[(1, 3)])
+    par = d["parameters"]
+    # half-maximum radius of a soft disk blurred by the PSF: within 0.3 px of the aperture radius
+    assert par["template_radius_px"] == pytest.approx(setup.disk_radius_px, abs=0.3)
+    g_min = 1 / (max(specimen.LATTICE_FP_ANGSTROM[0], specimen.LATTICE_FP_ANGSTROM[2]) * setup.pixel_inv_A)
+    assert par["capture_px"] == pytest.approx(0.3 * g_min, rel=0.02)  # reference block may be 1 % strained
+    assert par["min_spacing_px"] == pytest.approx(0.6 * g_min, rel=0.02)
+    assert par["window_px"] == 2 * int(np.ceil(par["template_radius_px"] + 3)) + 1
+    # the threshold separates found disks from the rest of the predicted ones
+    # (found = above threshold, on the detector and within the capture radius)
+    n_above = int(np.sum(d["disk_snr"][0] > par["snr_min"]))
+    assert 20 <= len(d["disks"][0]) <= n_above < len(d["predicted_hk"])
+    res = strain.measure_strain(sim.datacube, reference=sim.reference.values)
+    assert res.attrs["capture_px"] == pytest.approx(par["capture_px"]) and res.attrs["snr_min"] == 4.0

@@ -11,11 +11,16 @@ Pipeline of :func:`measure_strain` (each step a small private function):
 3. **Reciprocal lattice and indexing.** Disks of the descan-corrected mean
    pattern give two shortest non-collinear lattice vectors (a reduced basis);
    every disk gets integer indices ``(h, k)``.
-4. **Per-pattern disk positions.** Each disk is fitted with the template,
-   ``I(q) ≈ A T(q - q0) + B``, by Gauss–Newton with Fourier-shifted templates
-   (``method="fast"``), or detected by py4DSTEM's cross-correlation with DFT
-   upsampling (``method="py4dstem"``, ``subpixel="multicorr"``,
-   ``upsample_factor=16``).
+4. **Per-pattern disk positions.** Every disk is expected near its position
+   predicted from the reference lattice and the descan. The batched finder
+   (``method="fast"``, :mod:`chemomech._diskfind`) cross-correlates a chunk
+   of patterns with the template in one real FFT, takes the correlation
+   maximum in a small window around each prediction, and fits
+   ``I(q) ≈ A T(q - q0) + B`` by Gauss–Newton steps that are precomputed
+   matrix products, for all disks of the chunk at once. ``method="py4dstem"``
+   detects the disks with py4DSTEM's cross-correlation and DFT upsampling
+   instead (``subpixel="multicorr"``, ``upsample_factor=16``), one pattern at
+   a time.
 5. **Lattice fit.** A weighted least-squares fit of ``q = o + G (h, k)`` per
    pattern (origin free) with outlier rejection, in two passes (inner disks
    first, then all).
@@ -23,6 +28,12 @@ Pipeline of :func:`measure_strain` (each step a small private function):
    scan frame), ``F^-T = G G_ref^-1``, where ``G_ref`` is the element-wise
    median over `reference`; ``H = F - I`` gives ``exx = H_xx``,
    ``eyy = H_yy``, ``exy = (H_xy + H_yx) / 2``, ``theta = (H_yx - H_xy) / 2``.
+
+Steps 1-5 read the data in chunks of scan positions (four passes: mean
+pattern; direct beam, twice when the template comes from the data; disks and
+lattices), so a dask array (e.g. from
+:func:`chemomech.io.open_datacube`) is mapped with memory bounded by its chunk
+size, on the active ``dask.distributed`` client when there is one.
 
 References
 ----------
@@ -44,12 +55,13 @@ import xarray as xr
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from . import _py4dstem, _validate
+from . import _diskfind, _py4dstem, _validate
 
 __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame", "load_datacube", "save_strain",
            "load_strain"]
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
+_TEMPLATE_PATTERNS = 100  # about this many direct-beam patches are averaged into the template (probe=None)
 _STRAIN_META = {
     "exx": ("1", "strain exx (image frame)"),
     "eyy": ("1", "strain eyy (image frame)"),
@@ -61,8 +73,12 @@ _STRAIN_META = {
 # ----------------------------------------------------------------- input
 
 
-def _as_array(datacube: object) -> tuple[np.ndarray, dict]:
-    """(ny, nx, ky, kx) float array and the (y, x) coords to copy."""
+def _is_dask(obj: object) -> bool:
+    return type(obj).__module__.split(".")[0] == "dask" and hasattr(obj, "chunks")
+
+
+def _as_array(datacube: object, *, lazy: bool = False) -> tuple[object, dict]:
+    """(ny, nx, ky, kx) array (numpy float32; dask input stays lazy when `lazy`) and the (y, x) coords to copy."""
     coords: dict = {}
     if _py4dstem.is_datacube(datacube):
         arr = _py4dstem.datacube_to_array(datacube)
@@ -70,91 +86,248 @@ def _as_array(datacube: object) -> tuple[np.ndarray, dict]:
         if datacube.ndim != 4 or datacube.dims[:2] != ("y", "x"):
             raise ValueError(f"datacube must have dims ('y', 'x', 'ky', 'kx'), got {datacube.dims}")
         coords = {k: datacube[k] for k in ("y", "x") if k in datacube.coords}
-        arr = np.asarray(datacube.values)
-    elif isinstance(datacube, (np.ndarray, list, tuple)) or hasattr(datacube, "__array__"):
-        arr = np.asarray(datacube)  # also dask arrays
+        arr = datacube.data
+    elif _is_dask(datacube) or isinstance(datacube, (np.ndarray, list, tuple)) or hasattr(datacube, "__array__"):
+        arr = datacube
     else:
         raise TypeError(f"datacube must be a numpy/dask array, an xarray.DataArray or a py4DSTEM.DataCube, "
                         f"got {type(datacube).__name__}")
-    arr = _validate.array(arr, name="datacube", ndim=4, dtype_kind="biuf")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise ValueError("datacube must contain only finite values; found NaN or inf "
-                         "(replace dead pixels, e.g. by the median of their neighbours)")
+    if _is_dask(arr):
+        if arr.ndim != 4:
+            raise ValueError(f"datacube must be 4-D (ny, nx, ky, kx), got {arr.ndim}-D dask array "
+                             f"with shape {arr.shape}")
+        if arr.dtype.kind not in "biuf":
+            raise TypeError(f"datacube must hold real numbers, got dtype {arr.dtype}")
+        if not lazy:
+            arr = arr.compute()
+    if not _is_dask(arr):
+        arr = _validate.array(arr, name="datacube", ndim=4, dtype_kind="biuf")
+        if not lazy:  # the lazy path checks every chunk in its first pass
+            _check_finite(arr)
     if min(arr.shape[2:]) < 16:
         raise ValueError(f"datacube patterns must be at least 16 x 16 pixels, got {arr.shape[2:]}")
-    return arr.astype(np.float32, copy=False), coords
+    return (arr if _is_dask(arr) else arr.astype(np.float32, copy=False)), coords
+
+
+def _check_finite(block: np.ndarray) -> None:
+    if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
+        raise ValueError("datacube must contain only finite values; found NaN or inf "
+                         "(replace dead pixels, e.g. by the median of their neighbours)")
+
+
+# ----------------------------------------------------------------- chunked execution
+
+
+class _Source:
+    """The patterns ``(n, ky, kx)`` of a numpy or dask datacube, mapped chunk by chunk.
+
+    numpy input is cut into `chunk` patterns per call; dask input keeps its own scan chunks (one task
+    each, run on the active ``dask.distributed`` client if there is one, else the local threaded
+    scheduler), so memory is bounded by the chunk size.
+    """
+
+    def __init__(self, cube: object, chunk: int):
+        ny, nx, dky, dkx = cube.shape
+        self.n, self.chunk = ny * nx, chunk
+        self.lazy = _is_dask(cube)
+        self.pats = cube.reshape(self.n, dky, dkx)
+        if self.lazy:
+            self.pats = self.pats.rechunk({1: -1, 2: -1})  # whole patterns in every chunk
+        if self.lazy:
+            self.starts = np.concatenate([[0], np.cumsum(self.pats.chunks[0])[:-1]]).astype(int)
+        else:
+            self.starts = np.arange(0, self.n, chunk)
+
+    def map(self, func, ctx: dict, *, progress: bool, desc: str) -> list:
+        """``[func(block, start, ctx) for each chunk]`` in scan order."""
+        if not self.lazy:
+            it = self.starts
+            if progress:
+                from tqdm.auto import tqdm
+
+                it = tqdm(it, desc=desc, unit="chunk")
+            return [func(self.pats[s:s + self.chunk], int(s), ctx) for s in it]
+        import dask
+
+        ctx_d = dask.delayed(ctx, pure=True)
+        blocks = self.pats.to_delayed(optimize_graph=False).ravel()  # stable keys across passes
+        tasks = [dask.delayed(func, pure=True)(b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
+        client = _active_client()
+        if client is None:
+            if not progress:
+                return list(dask.compute(*tasks, scheduler="threads"))
+            with _TqdmCallback(len(tasks), desc, func.__name__):
+                return list(dask.compute(*tasks, scheduler="threads"))
+        futures = client.compute(tasks)
+        if progress:
+            from distributed import as_completed
+            from tqdm.auto import tqdm
+
+            for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="chunk"):
+                pass
+        return client.gather(futures)
+
+    def take(self, indices: ArrayLike) -> np.ndarray:
+        """The patterns with these flat scan indices, float32 (k, ky, kx)."""
+        idx = np.asarray(indices, dtype=int)
+        out = self.pats[np.sort(idx)]
+        out = np.asarray(out.compute(optimize_graph=False) if self.lazy else out, dtype=np.float32)
+        return out[np.argsort(np.argsort(idx))]
+
+
+def _active_client():
+    """The current ``dask.distributed`` client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+class _TqdmCallback:
+    """A dask local-scheduler callback driving a tqdm bar over the chunk tasks."""
+
+    def __init__(self, total: int, desc: str, prefix: str):
+        from dask.callbacks import Callback
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="chunk")
+        bar = self.bar
+
+        class _CB(Callback):
+            def _posttask(self, key, result, dsk, state, worker_id):
+                if str(key[0] if isinstance(key, tuple) else key).startswith(prefix):  # chunk tasks only
+                    bar.update(1)
+
+        self.cb = _CB()
+
+    def __enter__(self):
+        self.cb.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.cb.__exit__(*exc)
+        self.bar.close()
+
+
+def _padded(block: np.ndarray, pad: int) -> np.ndarray:
+    """float32 copy of a block of patterns (m, ky, kx), zero-padded by `pad` px on every side."""
+    m, dky, dkx = block.shape
+    out = np.zeros((m, dky + 2 * pad, dkx + 2 * pad), np.float32)
+    out[:, pad:pad + dky, pad:pad + dkx] = block
+    return out
+
+
+def _sub_batches(block: np.ndarray, chunk: int):
+    for s in range(0, len(block), chunk):
+        yield s, np.asarray(block[s:s + chunk], dtype=np.float32)
+
+
+def _pass_sum(block: np.ndarray, start: int, ctx: dict) -> tuple:
+    """Pass 1: sum pattern (float64) and total counts per pattern; checks finiteness."""
+    block = np.asarray(block)
+    _check_finite(block)
+    return block.sum(axis=0, dtype=np.float64), block.sum(axis=(1, 2), dtype=np.float64)
+
+
+def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
+    """Pass 2: direct beam position, SNR and central-disk counts per pattern (+ template accumulation)."""
+    loc, half, pad = ctx["locator"], ctx["half"], ctx["pad"]
+    box = 3 * half + 4  # only this neighbourhood of the expected direct beam is looked at
+    c = np.round(ctx["guess"]).astype(int)
+    lo = np.clip(c - box, 0, None)
+    hi = np.minimum(c + box + 1, block.shape[1:])
+    limit = hi - lo
+    pos, snr, central = [], [], []
+    acc = np.zeros((2 * half + 1, 2 * half + 1))
+    for s, sub in _sub_batches(block, ctx["chunk"]):
+        m = len(sub)
+        padded = _padded(sub[:, lo[0]:hi[0], lo[1]:hi[1]], pad)
+        p, q, _ = loc.locate(padded, np.arange(m), np.tile(ctx["guess"] - lo, (m, 1)), pad, limit, search=half)
+        ci = np.clip(np.round(p), 0, limit - 1).astype(int) + pad
+        central.append(loc._windows(padded, np.arange(m), ci, half).sum(axis=(1, 2), dtype=np.float64))
+        pos.append(p + lo)
+        snr.append(q)
+        if ctx["stride"]:
+            g = np.arange(start + s, start + s + m)
+            for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"])):
+                acc += _template_patch(sub[j], p[j] + lo, half)
+    return np.concatenate(pos), np.concatenate(snr), np.concatenate(central), acc
+
+
+def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
+    """Pass 3: per-pattern disk positions and lattice fit; returns g (m, 2, 2), origin, rms, count."""
+    loc, limit, half = ctx["locator"], ctx["limit"], ctx["half"]
+    hk, inner, g_ref0, capture = ctx["hk"], ctx["inner"], ctx["g_ref0"], ctx["capture"]
+    search = int(np.ceil(capture))
+    pad = half + search + 4  # just enough zero padding for the windows of disks on the detector
+    out = []
+    for s, sub in _sub_batches(block, ctx["chunk"]):
+        m = len(sub)
+        g0 = start + s + np.arange(m)
+        o_guess = np.stack([np.ones(m), g0 // ctx["nx"], g0 % ctx["nx"]], axis=1) @ ctx["coef"]
+        g_guess = np.repeat(g_ref0[None], m, axis=0)
+        if ctx["method"] == "fast":
+            padded = _padded(sub, pad)
+            # circular correlation at the detector size (a fast FFT length), wrapped into the padding
+            cc = np.pad(loc.correlate(sub), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+        else:
+            py4_peaks = _py4dstem.find_disks(sub.astype(float), ctx["kernel"], min_spacing_px=ctx["spacing"],
+                                             edge_px=int(half), upsample_factor=ctx["upsample"])
+        for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
+            h_s = hk[sel]
+            guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
+            if ctx["method"] == "fast":
+                pos, snr, perr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
+                                            pad, limit, search=search, cc=cc)
+                pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
+                found = (snr > ctx["snr_min"]) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
+                found &= np.linalg.norm(pos - guess, axis=-1) < capture
+                weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
+            else:
+                pos, weight = _match_peaks(py4_peaks, guess, 0.35 * ctx["g_min"] if stage == "inner" else 1.5)
+            o_fit, g_fit, rms, count = _robust_lattice(pos, h_s, weight, ctx["min_disks"])
+            okp = np.isfinite(g_fit).all(axis=(1, 2))
+            o_guess = np.where(okp[:, None], o_fit, o_guess)
+            g_guess = np.where(okp[:, None, None], g_fit, g_guess)
+        out.append((g_fit, o_fit, rms, count))
+    return tuple(np.concatenate(z) for z in zip(*out))
+
+
+def _match_peaks(peaks: list, guess: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """Assign detected peaks (list of (k, 3)) to predicted disks guess (m, d, 2) within `tol` px."""
+    pos = np.full(guess.shape, np.nan)
+    weight = np.zeros(guess.shape[:2])
+    for j, pk_j in enumerate(peaks):
+        if len(pk_j) == 0:
+            continue
+        dist = np.linalg.norm(guess[j][:, None, :] - pk_j[None, :, :2], axis=2)
+        near = dist.argmin(axis=1)
+        hit = dist[np.arange(len(near)), near] < tol
+        pos[j, hit] = pk_j[near[hit], :2]
+        weight[j, hit] = 1.0
+    return pos, weight
+
+
+def _robust_lattice(pos: np.ndarray, hk: np.ndarray, weight: np.ndarray, min_disks: int) -> tuple:
+    """Lattice fit with two rounds of outlier rejection (residual > 4 x median, at least 0.3 px)."""
+    pos = np.where(weight[..., None] > 0, pos, np.nan)
+    for _ in range(2):
+        _, _, _, _, pred = _fit_lattice(pos, hk, weight, min_disks)
+        r = np.linalg.norm(pos - pred, axis=-1)
+        rr = np.where(weight > 0, r, np.inf)
+        k_mid = np.maximum((weight > 0).sum(1) // 2, 0)
+        med = np.take_along_axis(np.sort(rr, axis=1), k_mid[:, None], axis=1)
+        med = np.where(np.isfinite(med), med, 1.0)
+        weight = np.where(~(r <= np.maximum(4 * med, 0.3)), 0.0, weight)
+    o_fit, g_fit, rms, count, _ = _fit_lattice(pos, hk, weight, min_disks)
+    return o_fit, g_fit, rms, count
 
 
 # ----------------------------------------------------------------- disk fitting
-
-
-class _Fitter:
-    """Gauss–Newton fit of ``A T(q - q0) + B`` to W x W patches, batched over disks."""
-
-    def __init__(self, template: np.ndarray):
-        self.w = template.shape[0]
-        self.half = self.w // 2
-        f = sfft.fftfreq(self.w)
-        self.fy, self.fx = f[:, None], f[None, :]
-        self.t_hat = sfft.fft2(template)
-
-    def patches(self, pad_img: np.ndarray, idx: np.ndarray, centre: np.ndarray, pad: int) -> np.ndarray:
-        """Patches (m, W, W) of padded images pad_img[idx] around integer centres (m, 2)."""
-        win = np.arange(-self.half, self.half + 1)
-        rows = centre[:, 0, None] + win + pad
-        cols = centre[:, 1, None] + win + pad
-        return pad_img[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-    def coarse(self, p: np.ndarray) -> np.ndarray:
-        """Integer offset (m, 2) of the template maximum within each patch (circular correlation)."""
-        cc = sfft.ifft2(sfft.fft2(p - p.mean(axis=(1, 2), keepdims=True)) * np.conj(self.t_hat)).real
-        k = cc.reshape(len(p), -1).argmax(axis=1)
-        off = np.stack(np.unravel_index(k, (self.w, self.w)), axis=1)
-        return np.where(off > self.half, off - self.w, off)
-
-    def refine(self, p: np.ndarray, n_iter: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Sub-pixel offset (m, 2), amplitude, amplitude error and position error (px) per patch."""
-        m, npx = len(p), self.w * self.w
-        d = np.zeros((m, 2))
-        y = p.reshape(m, -1)
-        jac = np.empty((m, npx, 4))
-        jac[:, :, 1] = 1.0
-        gy, gx = 2j * np.pi * self.fy, 2j * np.pi * self.fx
-        for it in range(n_iter + 1):
-            ts_hat = self.t_hat[None] * np.exp(-(gy[None] * d[:, 0, None, None] + gx[None] * d[:, 1, None, None]))
-            ts = sfft.ifft2(ts_hat).real.reshape(m, -1)
-            # amplitude and background are linear: solve them exactly for the current shift
-            a11, a12 = np.einsum("mn,mn->m", ts, ts), ts.sum(1)
-            b1, b2 = np.einsum("mn,mn->m", ts, y), y.sum(1)
-            det = a11 * npx - a12 * a12
-            amp = (b1 * npx - a12 * b2) / det
-            bg = (a11 * b2 - a12 * b1) / det
-            ty = sfft.ifft2(ts_hat * gy[None]).real.reshape(m, -1)
-            tx = sfft.ifft2(ts_hat * gx[None]).real.reshape(m, -1)
-            jac[:, :, 0] = ts
-            jac[:, :, 2] = -amp[:, None] * ty
-            jac[:, :, 3] = -amp[:, None] * tx
-            res = y - amp[:, None] * ts - bg[:, None]
-            jtj = np.matmul(jac.transpose(0, 2, 1), jac) + 1e-9 * np.eye(4)
-            if it == n_iter:
-                break
-            step = np.linalg.solve(jtj, np.matmul(jac.transpose(0, 2, 1), res[:, :, None]))[:, :, 0]
-            d = np.clip(d + np.clip(step[:, 2:], -1.0, 1.0), -self.half + 1, self.half - 1)
-        var = np.einsum("mn,mn->m", res, res) / max(npx - 4, 1)
-        cov_diag = np.linalg.inv(jtj)[:, [0, 2, 3], [0, 2, 3]] * var[:, None]
-        amp_err = np.sqrt(np.abs(cov_diag[:, 0]))
-        pos_err = np.sqrt(np.abs(cov_diag[:, 1:]).mean(1))
-        return d, amp, amp_err, pos_err
-
-    def locate(self, pad_img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int,
-               limit: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Positions (m, 2), SNR and position error of disks near `guess` (m, 2) in images pad_img[idx]."""
-        c0 = np.clip(np.round(guess).astype(int), -pad + self.half + 1, limit - 1 + pad - self.half - 1)
-        off = self.coarse(self.patches(pad_img, idx, c0, pad))
-        c1 = np.clip(c0 + off, -pad + self.half + 1, limit - 1 + pad - self.half - 1)
-        d, amp, amp_err, pos_err = self.refine(self.patches(pad_img, idx, c1, pad))
-        snr = amp / np.maximum(amp_err, 1e-12)
-        return c1 + d, snr, pos_err
 
 
 def _template_patch(image: np.ndarray, centre: np.ndarray, half: int) -> np.ndarray:
@@ -272,13 +445,16 @@ def _detector_frame(g_det: np.ndarray, rotation: float) -> np.ndarray:
 # ----------------------------------------------------------------- main
 
 
-def _prepare(pats: np.ndarray, scan_shape: tuple[int, int], probe, *, snr_min: float, chunk: int,
+def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float, chunk: int,
              progress: bool) -> dict:
     """Steps 1-3: template, direct beam and descan plane, reference lattice and the disks to fit."""
     ny, nx = scan_shape
-    dky, dkx = pats.shape[1:]
-    # 1. template and central disk of the mean pattern
-    mean = pats.mean(axis=0, dtype=np.float64)
+    n = ny * nx
+    dky, dkx = src.pats.shape[1:]
+    # 1. template and central disk of the mean pattern (pass 1 over the data)
+    sums = src.map(_pass_sum, {}, progress=progress, desc="mean pattern")
+    mean = np.sum([z[0] for z in sums], axis=0) / n
+    totals = np.concatenate([z[1] for z in sums])
     if probe is not None:
         pr = _validate.array(probe, name="probe", shape=(dky, dkx), finite=True).astype(float)
         pk = _peaks(pr, 2.0, n_max=1)
@@ -299,40 +475,26 @@ def _prepare(pats: np.ndarray, scan_shape: tuple[int, int], probe, *, snr_min: f
     src_centre = (np.array(ndimage.center_of_mass(np.clip(pr - np.median(pr), 0, None)))
                   if probe is not None else c_mean)
     template = _centred(_template_patch(fitter_src, src_centre, half))
-    fitter = _Fitter(template)
+    fitter = _diskfind.Locator(template)
     pad = 3 * half + 2
     limit = np.array([dky, dkx])
 
-    def batches():
-        rng_ = range(0, ny * nx, chunk)
-        if progress:
-            from tqdm.auto import tqdm
-
-            rng_ = tqdm(rng_, desc="measuring disks", unit="batch")
-        for s in rng_:
-            sl = slice(s, min(s + chunk, ny * nx))
-            yield sl, np.pad(pats[sl].astype(float), ((0, 0), (pad, pad), (pad, pad)), mode="constant")
-
-    # 2. direct beam in every pattern, descan plane
-    origin_obs = np.full((ny * nx, 2), np.nan)
-    snr0 = np.zeros(ny * nx)
-    for sl, padded in batches():
-        m = sl.stop - sl.start
-        pos, snr, _ = fitter.locate(padded, np.arange(m), np.tile(c_mean, (m, 1)), pad, limit)
-        origin_obs[sl], snr0[sl] = pos, snr
-    if probe is None:  # re-average the central disk without the descan smear
-        acc = np.zeros_like(template)
-        good = np.flatnonzero(snr0 > snr_min)
-        for i in good[:: max(1, len(good) // 400)]:
-            acc += _template_patch(pats[i], origin_obs[i], half)
-        if acc.max() > 0:
-            template = _centred(acc / acc.max())
-            fitter = _Fitter(template)
-            for sl, padded in batches():
-                m = sl.stop - sl.start
-                origin_obs[sl], snr0[sl], _ = fitter.locate(padded, np.arange(m), origin_obs[sl], pad, limit)
+    # 2. direct beam in every pattern (pass 2, and pass 2' with the re-averaged template), descan plane
+    ctx = {"locator": fitter, "guess": c_mean, "half": half, "pad": pad, "limit": limit, "chunk": chunk,
+           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0}
+    res = src.map(_pass_origin, ctx, progress=progress, desc="direct beam")
+    origin_obs, snr0 = np.concatenate([z[0] for z in res]), np.concatenate([z[1] for z in res])
+    central = np.concatenate([z[2] for z in res])
+    acc = np.sum([z[3] for z in res], axis=0)
+    if probe is None and acc.max() > 0:  # re-average the central disk without the descan smear
+        template = _centred(acc / acc.max())
+        fitter = _diskfind.Locator(template)
+        res = src.map(_pass_origin, {**ctx, "locator": fitter, "stride": 0}, progress=progress,
+                      desc="direct beam")
+        origin_obs, snr0 = np.concatenate([z[0] for z in res]), np.concatenate([z[1] for z in res])
+        central = np.concatenate([z[2] for z in res])
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    design = np.stack([np.ones(ny * nx), yy.ravel(), xx.ravel()], axis=1)
+    design = np.stack([np.ones(n), yy.ravel(), xx.ravel()], axis=1)
     use = snr0 > snr_min
     if use.sum() < 3:
         raise ValueError("datacube: the direct beam was found in fewer than 3 patterns; cannot fit the descan")
@@ -345,19 +507,17 @@ def _prepare(pats: np.ndarray, scan_shape: tuple[int, int], probe, *, snr_min: f
 
     # 3. reciprocal lattice from the descan-corrected mean pattern
     # (from the 3 x 3 block of patterns with the most diffracted signal: one local lattice)
-    central = np.array([pats[i, int(o[0]) - half:int(o[0]) + half + 1, int(o[1]) - half:int(o[1]) + half + 1].sum()
-                        for i, o in enumerate(np.clip(np.round(origin_fit), half, limit - half - 1).astype(int))])
-    score = ndimage.uniform_filter((pats.sum(axis=(1, 2)) - central).reshape(ny, nx), 3, mode="nearest")
+    score = ndimage.uniform_filter((totals - central).reshape(ny, nx), 3, mode="nearest")
     by, bx = np.unravel_index(np.argmax(score), (ny, nx))
     rows_b, cols_b = range(max(by - 1, 0), min(by + 2, ny)), range(max(bx - 1, 0), min(bx + 2, nx))
     block = [iy * nx + ix for iy in rows_b for ix in cols_b]
     shifted = np.zeros((dky, dkx))
-    for i in block:
-        sh = c_mean - origin_fit[i]
-        shifted += ndimage.shift(pats[i].astype(float), sh, order=1, mode="constant")
+    for i, pat in zip(block, src.take(block)):
+        shifted += ndimage.shift(pat.astype(float), c_mean - origin_fit[i], order=1, mode="constant")
     pk = _peaks(shifted, radius)
     padded_mean = np.pad(shifted, pad)[None]
-    pos_m, snr_m, _ = fitter.locate(padded_mean, np.zeros(len(pk), int), pk.astype(float), pad, limit)
+    pos_m, snr_m, _ = fitter.locate(padded_mean, np.zeros(len(pk), int), pk.astype(float), pad, limit,
+                                    search=max(2, int(np.ceil(radius))))
     pos_m = pos_m[snr_m > snr_min]
     if len(pos_m) < 4:
         raise ValueError("datacube: fewer than 4 disks in the mean pattern; cannot index a lattice")
@@ -382,11 +542,13 @@ def _prepare(pats: np.ndarray, scan_shape: tuple[int, int], probe, *, snr_min: f
     hk = hk[on]
     gl = np.linalg.norm(hk @ g_ref0.T, axis=1)
     inner = gl <= 0.5 * gl.max()
+    g_min = float(np.min(np.linalg.norm(g_ref0, axis=0)))
 
     return {"fitter": fitter, "template": template, "half": half, "pad": pad, "limit": limit,
             "g_ref0": g_ref0, "hk": hk, "inner": inner, "origin_fit": origin_fit, "origin_obs": origin_obs,
-            "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "batches": batches, "mean": mean,
-            "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block}
+            "coef": coef, "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "mean": mean,
+            "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block,
+            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min}
 
 
 def measure_strain(datacube: object, *, reference: ArrayLike | None = None, probe: ArrayLike | None = None,
@@ -395,10 +557,13 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
 
     Parameters
     ----------
-    datacube : array_like, xarray.DataArray or py4DSTEM.DataCube
+    datacube : array_like, dask.array.Array, xarray.DataArray or py4DSTEM.DataCube
         ``(ny, nx, ky, kx)``: scan rows, scan columns, detector rows, detector
         columns (py4DSTEM's ``Rx, Ry, Qx, Qy``). A DataArray must have dims
-        ``("y", "x", "ky", "kx")``; its ``y``/``x`` coordinates are copied.
+        ``("y", "x", "ky", "kx")``; its ``y``/``x`` coordinates are copied. A
+        dask array (or dask-backed DataArray) is processed lazily, chunk by
+        chunk, on the active ``dask.distributed`` client if there is one,
+        else on the local threaded scheduler; the result is the same.
     reference : array_like of bool, optional
         ``(ny, nx)`` region whose median lattice defines zero strain; default
         all measured pixels.
@@ -413,8 +578,12 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         fitting, or by py4DSTEM's correlation + DFT upsampling),
         ``min_disks`` (int, default 6), ``snr_min`` (float, default 4: disk
         amplitude over its standard error), ``upsample_factor`` (py4DSTEM,
-        default 16), ``chunk`` (patterns per batch, default 256),
-        ``progress`` (bool, tqdm bar).
+        default 16), ``chunk`` (patterns per batch, default 256; a dask
+        array is processed one of its own chunks per task, in batches of
+        ``chunk``), ``progress`` (bool, tqdm bar over the chunks of each
+        pass). Detection parameters (template radius and window, capture
+        radius, py4DSTEM minimum spacing) are chosen from the probe and the
+        mean pattern; :func:`diagnostics` shows them.
 
     Returns
     -------
@@ -423,7 +592,9 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         (measured pixels), ``n_disks`` (disks in the final fit),
         ``residual`` (RMS disk misfit, px), ``origin_ky, origin_kx`` (fitted
         descan, px). Attributes: ``g1``/``g2`` reference reciprocal basis (px,
-        scan frame x, y) and the template radius.
+        scan frame x, y), ``origin_mean_ky_kx_px`` and the detection
+        parameters (``template_radius_px``, ``window_px``, ``capture_px``,
+        ``min_spacing_px``, ``snr_min``).
 
     Raises
     ------
@@ -450,75 +621,27 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     if isinstance(rotation, bool) or not isinstance(rotation, (int, float, np.integer, np.floating)) \
             or not np.isfinite(rotation):
         raise TypeError(f"rotation must be a finite real number (radians), got {rotation!r}")
-    cube, coords = _as_array(datacube)
+    cube, coords = _as_array(datacube, lazy=True)
     ny, nx, dky, dkx = cube.shape
     ref_mask = None
     if reference is not None:
         ref_mask = _validate.mask(reference, name="reference", shape=(ny, nx))
-    pats = cube.reshape(ny * nx, dky, dkx)
-
-    prep = _prepare(pats, (ny, nx), probe, snr_min=snr_min, chunk=chunk, progress=progress)
-    fitter, half, pad, limit = prep["fitter"], prep["half"], prep["pad"], prep["limit"]
-    template, g_ref0, hk, inner = prep["template"], prep["g_ref0"], prep["hk"], prep["inner"]
+    src = _Source(cube, chunk)
+    prep = _prepare(src, (ny, nx), probe, snr_min=snr_min, chunk=chunk, progress=progress)
+    template, half, g_ref0 = prep["template"], prep["half"], prep["g_ref0"]
     origin_fit, c_mean, radius = prep["origin_fit"], prep["c_mean"], prep["radius"]
-    batches = prep["batches"]
-    # 4.-5. per-pattern disk positions and lattice fit
-    n = ny * nx
-    g_all = np.full((n, 2, 2), np.nan)
-    o_all = np.full((n, 2), np.nan)
-    rms_all = np.full(n, np.nan)
-    cnt_all = np.zeros(n, int)
-    py4_peaks = None
+    # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
+    ctx = {"locator": prep["fitter"], "limit": prep["limit"], "half": half,
+           "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
+           "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
+           "snr_min": snr_min, "min_disks": min_disks}
     if method == "py4dstem":
         kernel = np.zeros((dky, dkx))
         kernel[:template.shape[0], :template.shape[1]] = template
-        kernel = np.roll(kernel, (-half, -half), axis=(0, 1))
-        spacing = 0.6 * float(np.min(np.linalg.norm(g_ref0, axis=0)))
-        py4_peaks = _py4dstem.find_disks(pats.astype(float), kernel, min_spacing_px=spacing,
-                                         edge_px=int(half), upsample_factor=upsample, progress=progress)
-    capture = 0.3 * float(np.min(np.linalg.norm(g_ref0, axis=0)))  # px a disk may sit from its prediction
-    for sl, padded in batches():
-        m = sl.stop - sl.start
-        idx = np.arange(m)
-        o_guess = origin_fit[sl]
-        g_guess = np.repeat(g_ref0[None], m, axis=0)
-        for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
-            h_s = hk[sel]
-            guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
-            if py4_peaks is None:
-                pos, snr, perr = fitter.locate(padded, np.repeat(idx, len(h_s)), guess.reshape(-1, 2), pad, limit)
-                pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
-                found = (snr > snr_min) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
-                found &= np.linalg.norm(pos - guess, axis=-1) < capture
-                weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
-            else:
-                pos = np.full(guess.shape, np.nan)
-                weight = np.zeros(guess.shape[:2])
-                tol = 0.35 * float(np.min(np.linalg.norm(g_ref0, axis=0))) if stage == "inner" else 1.5
-                for j in range(m):
-                    pk_j = py4_peaks[sl.start + j]
-                    if len(pk_j) == 0:
-                        continue
-                    dist = np.linalg.norm(guess[j][:, None, :] - pk_j[None, :, :2], axis=2)
-                    near = dist.argmin(axis=1)
-                    hit = dist[np.arange(len(near)), near] < tol
-                    pos[j, hit] = pk_j[near[hit], :2]
-                    weight[j, hit] = 1.0
-            pos = np.where(weight[..., None] > 0, pos, np.nan)
-            for _ in range(2):  # outlier rejection
-                o_fit, g_fit, rms, count, pred = _fit_lattice(pos, h_s, weight, min_disks)
-                r = np.linalg.norm(pos - pred, axis=-1)
-                rr = np.where(weight > 0, r, np.inf)
-                k_mid = np.maximum((weight > 0).sum(1) // 2, 0)
-                med = np.take_along_axis(np.sort(rr, axis=1), k_mid[:, None], axis=1)
-                med = np.where(np.isfinite(med), med, 1.0)
-                bad = ~(r <= np.maximum(4 * med, 0.3))
-                weight = np.where(bad, 0.0, weight)
-            o_fit, g_fit, rms, count, _ = _fit_lattice(pos, h_s, weight, min_disks)
-            okp = np.isfinite(g_fit).all(axis=(1, 2))
-            o_guess = np.where(okp[:, None], o_fit, o_guess)
-            g_guess = np.where(okp[:, None, None], g_fit, g_guess)
-        g_all[sl], o_all[sl], rms_all[sl], cnt_all[sl] = g_fit, o_fit, rms, count
+        ctx.update(kernel=np.roll(kernel, (-half, -half), axis=(0, 1)), spacing=prep["min_spacing"],
+                   upsample=upsample)
+    res = src.map(_pass_fit, ctx, progress=progress, desc="disks and lattices")
+    g_all, o_all, rms_all, cnt_all = (np.concatenate(z) for z in zip(*res))
 
     # 6. strain relative to the reference lattice
     g_xy = _detector_frame(g_all, float(rotation))  # (n, 2 [x, y], 2)
@@ -554,7 +677,8 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     return xr.Dataset(data, coords=coords, attrs={
         "method": method, "template_radius_px": radius,
         "g1_xy_px": g_ref_px[:, 0].tolist(), "g2_xy_px": g_ref_px[:, 1].tolist(),
-        "origin_mean_ky_kx_px": c_mean.tolist(),
+        "origin_mean_ky_kx_px": c_mean.tolist(), "window_px": 2 * half + 1,
+        "capture_px": prep["capture"], "min_spacing_px": prep["min_spacing"], "snr_min": snr_min,
     })
 
 
@@ -582,7 +706,14 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
         fitted descan plane, px); ``basis`` (2 x 2, columns = reciprocal
         vectors, detector (ky, kx) px); ``lattice_peaks`` ((n, 2) disks of the
         descan-corrected mean pattern) with their ``lattice_hk``; ``disks``
-        (one (m, 2) array of (ky, kx) per requested pattern, detected disks only).
+        (one (m, 2) array of (ky, kx) per requested pattern, detected disks only)
+        and ``disk_snr`` (SNR of every predicted disk of those patterns);
+        ``predicted_hk`` ((d, 2) indices of all disks fitted in every pattern);
+        ``parameters``: the detection parameters chosen automatically
+        (``template_radius_px`` from the probe or central disk, ``window_px``
+        of the template, ``min_spacing_px`` = 0.6 |g|min (py4DSTEM path),
+        ``capture_px`` = 0.3 |g|min (largest accepted distance from the
+        predicted position), ``snr_min`` and ``n_disks_predicted``).
 
     Examples
     --------
@@ -592,25 +723,30 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
     >>> sorted(np.round(np.abs(np.linalg.det(d["basis"])) / 100).astype(int).reshape(1).tolist())
     [3]
     """
-    cube, _ = _as_array(datacube)
+    cube, _ = _as_array(datacube, lazy=True)
     ny, nx, dky, dkx = cube.shape
-    pats = cube.reshape(ny * nx, dky, dkx)
-    prep = _prepare(pats, (ny, nx), probe, snr_min=snr_min, chunk=256, progress=False)
+    src = _Source(cube, 256)
+    prep = _prepare(src, (ny, nx), probe, snr_min=snr_min, chunk=256, progress=False)
     fitter, pad, half, limit = prep["fitter"], prep["pad"], prep["half"], prep["limit"]
-    disks = []
-    for iy, ix in patterns:
-        i = int(iy) * nx + int(ix)
+    disks, disk_snr = [], []
+    idx = [int(iy) * nx + int(ix) for iy, ix in patterns]
+    for i, pat in zip(idx, src.take(idx) if idx else []):
         guess = prep["origin_fit"][i] + prep["hk"] @ prep["g_ref0"].T
-        img = np.pad(pats[i].astype(float), pad)[None]
-        pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit)
+        img = _padded(pat[None], pad)
+        pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit,
+                                    search=int(np.ceil(prep["capture"])), cc=fitter.correlate(img))
         ok = (snr > snr_min) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
-        ok &= np.linalg.norm(pos - guess, axis=1) < 0.3 * float(np.min(np.linalg.norm(prep["g_ref0"], axis=0)))
+        ok &= np.linalg.norm(pos - guess, axis=1) < prep["capture"]
         disks.append(pos[ok])
+        disk_snr.append(snr)
     return {"mean": prep["mean"], "template": prep["template"], "radius": prep["radius"],
             "centre": prep["c_mean"], "origin": prep["origin_obs"].reshape(ny, nx, 2),
             "origin_fit": prep["origin_fit"].reshape(ny, nx, 2), "direct_snr": prep["direct_snr"].reshape(ny, nx),
             "basis": prep["g_ref0"], "lattice_peaks": prep["lattice_peaks"], "lattice_hk": prep["lattice_hk"],
-            "disks": disks}
+            "parameters": {"template_radius_px": prep["radius"], "window_px": 2 * half + 1,
+                           "min_spacing_px": prep["min_spacing"], "capture_px": prep["capture"],
+                           "snr_min": snr_min, "n_disks_predicted": len(prep["hk"])},
+            "predicted_hk": prep["hk"], "disks": disks, "disk_snr": disk_snr}
 
 
 def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | None = None) -> xr.Dataset:

@@ -12,7 +12,7 @@ from matplotlib.patches import Circle
 from ._common import STRAIN_CMAP, image_panel, new_figure
 
 __all__ = ["pattern_overview", "template_figure", "disk_overlay", "descan_figure", "lattice_figure",
-           "strain_comparison", "dose_figure"]
+           "strain_comparison", "dose_figure", "detection_figure", "benchmark_figure"]
 
 
 def _pattern_panel(ax, img: np.ndarray, title: str) -> None:
@@ -122,4 +122,59 @@ def dose_figure(doses: Sequence[float], precision: Mapping[str, Sequence[float]]
     ax.set_ylabel("precision (per-pixel std)", fontsize=8)
     ax.grid(True, which="both", lw=0.3)
     ax.legend(fontsize=7)
+    return fig
+
+
+def detection_figure(diag: Mapping) -> Figure:
+    """The automatically chosen disk-detection parameters, from :func:`chemomech.strain.diagnostics`.
+
+    Left: descan-corrected mean pattern with the predicted disks and their capture circles
+    (``capture_px``); middle: the template with its radius and fitting window; right: histogram of
+    the SNR of every predicted disk of the requested patterns, with the ``snr_min`` threshold.
+    """
+    par = diag["parameters"]
+    fig, axes = new_figure(1, 3, width=3.1, height=2.9)
+    ax = axes[0, 0]
+    _pattern_panel(ax, diag["mean"], "mean pattern, capture circles")
+    q = diag["centre"] + np.asarray(diag["predicted_hk"]) @ np.asarray(diag["basis"]).T
+    for ky, kx in q:
+        ax.add_patch(Circle((kx, ky), par["capture_px"], fill=False, color="c", lw=0.6))
+    ax = axes[0, 1]
+    t = diag["template"]
+    h = t.shape[0] // 2
+    im = ax.imshow(t, cmap="viridis", interpolation="nearest")
+    ax.add_patch(Circle((h, h), par["template_radius_px"], fill=False, color="w", lw=0.8, ls="--"))
+    ax.set_title(f"template: r = {par['template_radius_px']:.2f} px, window {par['window_px']} px", fontsize=9)
+    ax.set_xlabel("kx (px)", fontsize=8)
+    ax.set_ylabel("ky (px)", fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.85)
+    ax = axes[0, 2]
+    snr = np.concatenate([np.asarray(v, float) for v in diag["disk_snr"]]) if diag["disk_snr"] else np.zeros(0)
+    snr = snr[np.isfinite(snr)]
+    bins = np.logspace(-1, np.log10(max(float(snr.max()) if snr.size else 10.0, 10.0)) + 0.1, 40)
+    ax.hist(np.clip(snr, bins[0], None), bins=bins, color="0.4")
+    ax.axvline(par["snr_min"], color="C3", lw=1.2, label=f"threshold snr_min = {par['snr_min']:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("disk SNR (amplitude / its standard error)", fontsize=8)
+    ax.set_ylabel("predicted disks", fontsize=8)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def benchmark_figure(rates: Mapping[str, float], memory_mib: Mapping[str, float],
+                     workers: Mapping[int, float]) -> Figure:
+    """Three bar charts: patterns per second per core by method, peak memory by scan, throughput by workers."""
+    fig, axes = new_figure(1, 3, width=2.9, height=2.6)
+    for ax, data, ylabel, title in (
+            (axes[0, 0], rates, "patterns per CPU-second", "speed, one core"),
+            (axes[0, 1], memory_mib, "peak resident memory (MiB)", "memory, data on disk"),
+            (axes[0, 2], {str(k): v for k, v in workers.items()}, "patterns per second", "dask workers")):
+        names = list(data)
+        vals = [float(data[n]) for n in names]
+        bars = ax.bar(names, vals, color=[f"C{i}" for i in range(len(names))])
+        ax.bar_label(bars, labels=[f"{v:.0f}" for v in vals], fontsize=7)
+        ax.set_ylabel(ylabel, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[0, 2].set_xlabel("workers (1 thread each)", fontsize=8)
     return fig

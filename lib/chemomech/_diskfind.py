@@ -1,0 +1,161 @@
+"""Batched Bragg-disk locator: FFT cross-correlation, windowed maxima and table-driven sub-pixel fits.
+
+A disk near a predicted position is located in two batched steps, for all
+disks of a whole chunk of patterns at once:
+
+1. **Coarse.** The chunk is cross-correlated with the template in one batched
+   real FFT (:meth:`Locator.correlate`); the integer maximum of the
+   correlation in a small window around each prediction (vectorised over all
+   windows) is the coarse position, and a parabola through its 3 x 3
+   neighbourhood gives the starting sub-pixel offset. For a handful of disks
+   per pattern (the direct beam) the windowed correlation is computed
+   directly instead of by a full-size FFT.
+2. **Fine.** The disk is modelled as ``I(q) = A T(q - s - d) + B`` with the
+   template ``T``. Linearised about a trial shift ``s``, the model is *linear*
+   in ``(A, B, A d_y, A d_x)`` with the design matrix
+   ``J_s = [T_s, 1, -dT_s/dy, -dT_s/dx]``. The pseudo-inverses
+   ``(J_s^T J_s)^-1 J_s^T`` are precomputed (Fourier-shifted templates) on a
+   table of trial shifts with spacing ``1/16`` px, so each Gauss–Newton step
+   is one gathered matrix–vector product per disk: pick the table entry
+   nearest the current estimate, project the patch, update ``d``. The
+   linearisation error is second order in the residual offset (below
+   ``1/32`` px), far below the shot-noise precision.
+
+The standard errors of ``A`` and ``d`` come from the same normal matrices and
+the residual variance, which gives a dose-independent detection threshold
+(amplitude over its standard error).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft as sfft
+from numpy.lib.stride_tricks import sliding_window_view
+
+TABLE_STEP_PX = 1.0 / 16  # spacing of the precomputed trial shifts, px
+TABLE_REACH_PX = 1.0  # trial shifts cover [-reach, reach] around the coarse integer position, px
+
+
+class Locator:
+    """Sub-pixel disk locator for one square template (odd width ``W``)."""
+
+    def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX):
+        t = np.asarray(template, dtype=float)
+        self.template = t
+        self.w = t.shape[0]
+        self.half = self.w // 2
+        self.step = float(step)
+        self.n_side = int(round(reach / step))
+        grid = np.arange(-self.n_side, self.n_side + 1) * self.step
+        self.grid = grid
+        f = sfft.fftfreq(self.w)
+        t_hat = sfft.fft2(t)
+        sy, sx = np.meshgrid(grid, grid, indexing="ij")
+        sy, sx = sy.ravel(), sx.ravel()
+        ph = np.exp(-2j * np.pi * (f[None, :, None] * sy[:, None, None] + f[None, None, :] * sx[:, None, None]))
+        ts_hat = t_hat[None] * ph  # T(q - s)
+        ts = sfft.ifft2(ts_hat).real
+        ty = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, :, None]).real
+        tx = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, None, :]).real
+        n_s, npx = len(sy), self.w * self.w
+        jac = np.stack([ts.reshape(n_s, npx), np.ones((n_s, npx)), -ty.reshape(n_s, npx),
+                        -tx.reshape(n_s, npx)], axis=2)  # (S, P, 4)
+        jtj = np.matmul(jac.transpose(0, 2, 1), jac)
+        inv = np.linalg.inv(jtj)
+        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P)
+        self.jtj = jtj
+        self.inv_diag = np.diagonal(inv, axis1=1, axis2=2).copy()  # (S, 4)
+        self._fft_cache: dict = {}
+
+    # ------------------------------------------------------------ coarse step
+
+    def correlate(self, images: np.ndarray) -> np.ndarray:
+        """Cross-correlation (n, H, W) of a batch of images with the template, one batched real FFT."""
+        shape = images.shape[1:]
+        k_hat = self._fft_cache.get(shape)
+        if k_hat is None:
+            kern = np.zeros(shape)
+            kern[:self.w, :self.w] = self.template
+            kern = np.roll(kern, (-self.half, -self.half), axis=(0, 1))
+            k_hat = np.conj(sfft.rfft2(kern)).astype(np.complex64)
+            self._fft_cache[shape] = k_hat
+        spec = sfft.rfft2(images, workers=1)
+        spec *= k_hat
+        return sfft.irfft2(spec, s=shape, workers=1)
+
+    @staticmethod
+    def _windows(img: np.ndarray, idx: np.ndarray, centre: np.ndarray, half: int) -> np.ndarray:
+        """Square windows (m, 2 half + 1, 2 half + 1) of img[idx] centred on integer positions (m, 2)."""
+        view = sliding_window_view(img, (2 * half + 1, 2 * half + 1), axis=(1, 2))
+        return view[idx, centre[:, 0] - half, centre[:, 1] - half]
+
+    def coarse(self, img: np.ndarray, idx: np.ndarray, centre: np.ndarray, search: int,
+               cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Integer position (m, 2) of the correlation maximum within +-search px and a parabolic offset (m, 2)."""
+        if cc is None:  # direct windowed correlation: cheap for a few disks per pattern
+            big = self._windows(img, idx, centre, search + self.half + 1)
+            n = 2 * search + 3
+            loc = np.zeros((len(big), n, n))
+            for (u, v), t in np.ndenumerate(self.template):  # shift-and-add, W^2 vectorised steps
+                loc += t * big[:, u:u + n, v:v + n]
+        else:
+            loc = self._windows(cc, idx, centre, search + 1)
+        inner = loc[:, 1:-1, 1:-1]
+        n = inner.shape[1]
+        k = inner.reshape(len(inner), -1).argmax(axis=1)
+        iy, ix = np.unravel_index(k, (n, n))
+        m = np.arange(len(inner))
+        y0, yp, ym = loc[m, iy + 1, ix + 1], loc[m, iy + 2, ix + 1], loc[m, iy, ix + 1]
+        xp, xm = loc[m, iy + 1, ix + 2], loc[m, iy + 1, ix]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dy = 0.5 * (ym - yp) / (ym - 2 * y0 + yp)
+            dx = 0.5 * (xm - xp) / (xm - 2 * y0 + xp)
+        frac = np.clip(np.nan_to_num(np.stack([dy, dx], axis=1)), -0.5, 0.5)
+        return centre + np.stack([iy, ix], axis=1) - search, frac
+
+    # ------------------------------------------------------------ fine step
+
+    def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2):
+        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W)."""
+        m = len(patches)
+        y = patches.reshape(m, -1).astype(np.float32, copy=False)
+        d = np.clip(start, -self.grid[-1], self.grid[-1])
+        side = 2 * self.n_side + 1
+        for it in range(n_iter + 1):
+            ij = np.clip(np.round(d / self.step).astype(int) + self.n_side, 0, side - 1)
+            ti = ij[:, 0] * side + ij[:, 1]
+            p = np.matmul(self.pinv[ti], y[:, :, None])[:, :, 0].astype(float)  # (m, 4): A, B, A dy, A dx
+            amp = p[:, 0]
+            if it == n_iter:
+                break
+            safe = amp > 0
+            s = self.grid[ij]
+            d_new = s + p[:, 2:] / np.where(safe, amp, 1.0)[:, None]
+            d = np.where(safe[:, None], np.clip(d_new, -self.grid[-1], self.grid[-1]), d)
+        s = self.grid[ij]
+        d = s + p[:, 2:] / np.where(amp > 0, amp, 1.0)[:, None]
+        yy = np.einsum("mp,mp->m", y, y, dtype=float)
+        fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
+        var = np.maximum(yy - fit, 0.0) / max(y.shape[1] - 4, 1)
+        amp_err = np.sqrt(var * self.inv_diag[ti, 0])
+        pos_err = np.sqrt(var * self.inv_diag[ti, 2:].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        return d, amp, amp_err, pos_err
+
+    def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,
+               search: int, cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions (m, 2), SNR and position error (px) of disks near `guess` in padded images ``img[idx]``.
+
+        `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
+        size); `guess` and the returned positions are unpadded detector coordinates; `cc` is
+        ``correlate(img)`` when already computed.
+        """
+        margin = pad - self.half - search - 3
+        if margin < 0:
+            raise ValueError(f"pad {pad} too small for search {search} and template half-width {self.half}")
+        lo, hi = -margin, limit - 1 + margin
+        c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
+        c1, frac = self.coarse(img, idx, c0, int(search), cc)
+        c1 = np.clip(c1, lo + pad, hi + pad)
+        d, amp, amp_err, pos_err = self.refine(self._windows(img, idx, c1, self.half), frac)
+        snr = amp / np.maximum(amp_err, 1e-12)
+        return c1 - pad + d, snr, pos_err
