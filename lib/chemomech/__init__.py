@@ -29,7 +29,7 @@ _LAZY = {
 }
 _SUBMODULES = (
     "specimen", "elasticity", "plotting",
-    "stem4d", "strain", "io", "ptycho", "xanes", "modalities", "registration", "correlate", "learning",
+    "stem4d", "strain", "io", "ptycho", "xanes", "modalities", "registration", "correlate", "learning", "study",
 )
 
 __all__ = sorted(_LAZY) + list(_SUBMODULES)

@@ -12,3 +12,4 @@ from .strain import *  # noqa: F401,F403
 from .xanes import *  # noqa: F401,F403
 from .registration import *  # noqa: F401,F403
 from .learning import *  # noqa: F401,F403
+from .study import *  # noqa: F401,F403

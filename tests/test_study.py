@@ -1,0 +1,230 @@
+"""Tests of chemomech.study (the end-to-end study) and the ``python -m chemomech reproduce`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from chemomech import correlate, specimen, study
+
+# A tiny configuration for unit tests of single-particle pieces (a few seconds).
+TINY = study.StudyConfig(scan_shape=(14, 16), detector_shape=(96, 96), xray_shape=(34, 38), xray_pixel_nm=12.0,
+                         fine_step_ev=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny_measurement():
+    p = specimen.make_particle("T", batch="biphasic", seed=11, mesh_nrefs=4)
+    return study.measure_particle(p, TINY, rng=3)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_presets_differ_and_validate():
+    q, f = study.StudyConfig.quick(), study.StudyConfig.full()
+    assert q.label == "quick" and f.label == "full"
+    assert f.scan_shape[0] * f.scan_shape[1] > q.scan_shape[0] * q.scan_shape[1]
+    assert q.particles == ("P1", "P2", "P3", "P4", "P5")
+    assert json.loads(json.dumps(q.to_dict()))["scan_shape"] == [24, 28]
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(seed=-1), "seed"), (dict(heldout="P2"), "train"), (dict(train=("P2",)), "train"),
+    (dict(scan_shape=(4, 30)), "scan_shape"), (dict(n_boot=1), "n_boot"), (dict(dose=0.0), "dose"),
+    (dict(train=("P2", "P9")), "particle name"),
+])
+def test_config_rejects_bad_values(kw, match):
+    with pytest.raises(ValueError, match=match):
+        study.StudyConfig(**kw)
+
+
+def test_run_study_rejects_unknown_stage_and_type():
+    with pytest.raises(TypeError, match="config"):
+        study.run_study({"seed": 1})
+    with pytest.raises(ValueError, match="replace_with_truth"):
+        study.run_study(study.StudyConfig.quick(), replace_with_truth=("thickness",), measurements={})
+
+
+# --- geometry and truth -------------------------------------------------------------------
+
+
+def test_xray_index_map_mirrors_columns():
+    # non-square grid, offset particle: pixel (0, 0) of a mirrored image shows the top-RIGHT corner
+    a = study._xray_index_to_particle((4, 6), 2.0, np.array([1.0, -3.0]), True)
+    y, x = study._apply(a, np.array([[0.0, 0.0], [0.0, 5.0]])).T
+    assert np.allclose(y, [-3.0 - 1.0, -3.0 - 1.0])
+    assert np.allclose(x, [5.0 + 3.0, -5.0 + 3.0])
+    b = study._xray_index_to_particle((4, 6), 2.0, np.array([1.0, -3.0]), False)
+    assert np.allclose(study._apply(b, np.array([[0.0, 0.0]])), [[-4.0, -2.0]])
+
+
+def test_truth_registration_maps_particle_centre(tiny_measurement):
+    m = tiny_measurement
+    # the X-ray pixel nearest the particle centre maps onto the scan position of the particle centre (0, 0)
+    to_p = study._xray_index_to_particle(TINY.xray_shape, TINY.xray_pixel_nm, np.zeros(2), TINY.mirror)
+    scan = m.registration_truth.moving_grid
+    centre_scan_idx = study._apply(scan.to_index(), np.zeros((1, 2)))
+    fixed_idx = study._apply(np.linalg.inv(m.registration_truth.matrix), centre_scan_idx)
+    back = study._apply(m.registration_truth.matrix, fixed_idx)
+    assert np.allclose(back, centre_scan_idx)
+    # a mirror: the truth map has a negative determinant, and the x pixel size ratio is the scan step ratio
+    lin = m.registration_truth.matrix[:2, :2]
+    assert np.linalg.det(lin) < 0
+    step = float(m.strain.x[1] - m.strain.x[0])
+    assert np.allclose(np.abs(np.diag(lin)), TINY.xray_pixel_nm / step)
+    assert to_p[1, 1] < 0
+
+
+def test_xray_truth_strain_is_mirrored(tiny_measurement):
+    m = tiny_measurement
+    t = m.xray_truth
+    # pick mask pixels and sample the particle directly at their particle coordinates
+    rows, cols = np.nonzero(t["mask"].values)
+    pick = [len(rows) // 3, 2 * len(rows) // 3]   # two pixels: differences cancel the reference offset
+    idx = np.array([[rows[k], cols[k]] for k in pick], float)
+    to_p = study._apply(np.linalg.inv(m.registration_truth.moving_grid.to_index()) @ m.registration_truth.matrix, idx)
+    s = m.particle.sample(to_p[:, 0], to_p[:, 1])
+
+    def diff(v):
+        return float(t[v].values[rows[pick[1]], cols[pick[1]]] - t[v].values[rows[pick[0]], cols[pick[0]]])
+    for v, sign in (("exx", 1), ("eyy", 1), ("exy", -1), ("theta", -1)):   # the mirror flips exy and theta
+        assert np.isclose(diff(v), sign * (s[v][1] - s[v][0]), atol=1e-9), v
+    assert np.isclose(float(t["X"].values[rows[pick[0]], cols[pick[0]]]), s["X"][0], atol=0.1)
+
+
+def test_measurement_finds_mirror_and_registers(tiny_measurement):
+    m = tiny_measurement
+    assert m.registration.metrics["mirrored"] is True
+    assert m.tre_px() < 1.0   # X-ray pixels (12 nm); the scan step is ~25 nm here
+    assert set(m.seconds) == set(study.STAGES)
+
+
+def test_measure_particle_is_deterministic(tiny_measurement):
+    # the same seed gives the same measurement, bit for bit; another seed does not
+    p = tiny_measurement.particle
+    again = study.measure_particle(p, TINY, rng=3)
+    other = study.measure_particle(p, TINY, rng=4)
+    a = tiny_measurement.strain["exx"].values
+    assert np.array_equal(a, again.strain["exx"].values, equal_nan=True)
+    assert np.array_equal(tiny_measurement.xanes["X"].values, again.xanes["X"].values, equal_nan=True)
+    assert not np.array_equal(a, other.strain["exx"].values, equal_nan=True)
+
+
+def test_assemble_truth_variants(tiny_measurement):
+    m = tiny_measurement
+    meas = study.assemble(m)
+    assert meas.attrs["replaced_with_truth"] == "none"
+    assert {"X", "X_xray", "X_sigma", "exx", "eyy", "exy", "theta", "mask"} <= set(meas.data_vars)
+    xt = study.assemble(m, replace_with_truth=("X",))
+    ok = xt["mask"].values
+    assert float(np.nanmax(np.abs(xt["X_xray"] - m.xray_truth["X"].clip(0, 1)).values[ok])) < 1e-12
+    assert float(np.nanmax(xt["X_sigma"].values)) == 0.0
+    # NaN outside the mask, never 0
+    assert np.all(np.isnan(meas["exx"].values[~meas["mask"].values]))
+    # the strain truth has no measurement noise: closer to the X-ray-grid truth than the measurement
+    allt = study.assemble(m, replace_with_truth=study.STAGES)
+    both = allt["mask"].values & meas["mask"].values
+
+    def rms(ds):
+        return float(np.sqrt(np.nanmean((ds["exx"] - m.xray_truth["exx"]).values[both] ** 2)))
+    assert rms(allt) < rms(meas)
+
+
+def test_reference_strain_roundtrip():
+    # strain relative to FePO4 e; reference lattice e_ref; measured e_rel = (1 + e) / (1 + e_ref) - 1
+    e = np.array([0.03, -0.012])
+    e_ref = np.array([0.025, -0.008])
+    e_rel = (1 + e) / (1 + e_ref) - 1
+    off = -e_ref / (1 + e_ref)
+    ref = study.reference_strain([off[0], off[1], 0.0])
+    assert np.allclose(ref[:2], e_ref)
+    ds = xr.Dataset({k: (("y", "x"), np.full((2, 3), v)) for k, v in zip(("exx", "eyy", "exy"), (*e_rel, 0.0))})
+    out = study.to_fepo4(ds, ref)
+    assert np.allclose([float(out.exx[0, 0]), float(out.eyy[0, 0])], e, atol=1e-12)
+
+
+def test_write_outputs_failure_leaves_nothing(tmp_path, tiny_measurement):
+    # a result whose figures cannot be drawn (no stacks): the write must fail and leave no folder behind
+    cfg = study.StudyConfig.quick()
+    bad = study.StudyResult(cfg, (), {}, {}, {}, None, {}, xr.Dataset(), None, {}, {}, {})
+    out = tmp_path / "results"
+    with pytest.raises(Exception):
+        study.write_outputs(bad, out)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(TypeError, match="result"):
+        study.write_outputs("not a result", out)
+
+
+def test_write_outputs_refuses_existing(tmp_path):
+    cfg = study.StudyConfig.quick()
+    bad = study.StudyResult(cfg, (), {}, {}, {}, None, {}, xr.Dataset(), None, {}, {}, {})
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="exists"):
+        study.write_outputs(bad, tmp_path / "x")
+    with pytest.raises(Exception):
+        study.write_outputs(bad, tmp_path / "x", overwrite=True)
+    assert (tmp_path / "x" / "keep.txt").read_text() == "mine"  # a failed overwrite keeps the old folder
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def _cli(*args, cwd=None, timeout=900):
+    env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "chemomech", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def test_cli_bad_arguments_write_nothing(tmp_path):
+    out = tmp_path / "o"
+    r = _cli("reproduce", "--quick", "--out", str(out), "--seed", "-3")
+    assert r.returncode == 2 and "--seed" in r.stderr
+    assert not out.exists()
+    r = _cli("reproduce", "--quick")
+    assert r.returncode == 2 and "--out" in r.stderr
+    out.mkdir()
+    r = _cli("reproduce", "--quick", "--out", str(out))
+    assert r.returncode == 2 and "--force" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_quick_reproduces_the_study(tmp_path):
+    out = tmp_path / "study"
+    r = _cli("reproduce", "--quick", "--out", str(out), "--no-progress")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    sl = summary["slopes"]
+    for c in ("aa", "cc"):
+        learned, truth = sl["learned"][c], sl["truth"][c]
+        # acceptance: within 10 % of the twin's truth, interval contains the truth
+        assert abs(learned / truth - 1) < 0.10, (c, learned, truth)
+        assert sl["interval"]["low"][c] <= truth <= sl["interval"]["high"][c], (c, sl["interval"], truth)
+    # signs: expansion along a, contraction along c (a sign error in the mirror/frame handling flips these)
+    assert sl["learned"]["aa"] > 0 > sl["learned"]["cc"]
+    assert np.isclose(sl["truth"]["aa"], specimen.vegard_law().derivative(0.5)[0])
+    h = summary["heldout"]
+    assert h["particle"] == "P1"
+    # away from the defect the learned law leaves the residual of the true law (within 20 %)
+    assert h["strain_rms"] < 1.2 * h["noise_rms"]
+    assert h["defect_rms"] > 2 * h["strain_rms"]
+    assert set(summary["stages"]) == {"measured", "strain -> truth", "X -> truth", "registration -> truth",
+                                      "all -> truth"}
+    # with every stage replaced by its truth, what is left (the method's own error) is small
+    assert all(abs(v) < 0.02 for v in summary["stages"]["all -> truth"]["rel_error"].values())
+    assert all(v["mirrored"] for v in summary["registration"].values())
+    for f in summary["files"]:
+        assert (out / f).is_file(), f
+    assert sum(f.endswith(".pdf") for f in summary["files"]) == 5
+    stack = correlate.load_stack(out / "stacks" / "P3_stack.nc")
+    assert stack["mask"].dtype == bool and int(stack["mask"].sum()) > 500
+    # deterministic: the same seed gives the same slopes (checked on the saved stack's learning input)
+    assert not list(tmp_path.glob(".study.*"))
