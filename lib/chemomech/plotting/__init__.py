@@ -7,9 +7,9 @@ does no science. One submodule per chapter; all names are re-exported here.
 """
 
 from ._common import *  # noqa: F401,F403
-from .twin import *  # noqa: F401,F403
-from .strain import *  # noqa: F401,F403
-from .xanes import *  # noqa: F401,F403
-from .registration import *  # noqa: F401,F403
 from .learning import *  # noqa: F401,F403
+from .registration import *  # noqa: F401,F403
+from .strain import *  # noqa: F401,F403
 from .study import *  # noqa: F401,F403
+from .twin import *  # noqa: F401,F403
+from .xanes import *  # noqa: F401,F403
