@@ -635,7 +635,7 @@ def _strain_from_grad(g: np.ndarray) -> np.ndarray:
 
 def _locate(m: skfem.MeshTri, x: np.ndarray, y: np.ndarray, cache: dict):
     """Find the triangle of each point and its barycentric coordinates."""
-    import matplotlib.tri as mtri
+    import matplotlib.tri as mtri  # point location in a given triangulation only (no plotting)
     from scipy.spatial import cKDTree
 
     if "trifinder" not in cache:
