@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -545,6 +546,11 @@ class ElasticSolution:
     u: np.ndarray
     eigenstrain: object
 
+    @cached_property
+    def _vertex_grad(self) -> np.ndarray:
+        """Displacement gradient at the three vertices of every triangle, (2, 2, nelems, 3)."""
+        return self._grad_at(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))[0]
+
     def _grad_at(self, ref_points: np.ndarray) -> tuple[np.ndarray, skfem.CellBasis]:
         basis = self.problem.basis
         qb = skfem.Basis(basis.mesh, basis.elem, quadrature=(ref_points, np.ones(ref_points.shape[1])))
@@ -614,12 +620,7 @@ class ElasticSolution:
         if yy.shape != xx.shape:
             raise ValueError(f"y and x must have the same shape, got {yy.shape} and {xx.shape}")
         cells, bary, ok = _locate(m, xx.ravel(), yy.ravel(), self.problem._cache)
-        key = "vertex_grad"
-        if self.problem._cache.get(key, (None,))[0] is not self.u:
-            g, _ = self._grad_at(np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]))
-            self.problem._cache[key] = (self.u, g)
-        g = self.problem._cache[key][1]  # (2, 2, nelems, 3)
-        gv = np.einsum("ijnk,nk->ijn", g[:, :, cells, :], bary)
+        gv = np.einsum("ijnk,nk->ijn", self._vertex_grad[:, :, cells, :], bary)
         out = _strain_from_grad(gv)
         out[:, ~ok] = np.nan
         return out.reshape((4,) + yy.shape)
