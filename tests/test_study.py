@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from chemomech import correlate, specimen, study
+from chemomech import correlate, registration, specimen, study
 
 # A tiny configuration for unit tests of single-particle pieces (a few seconds).
 TINY = study.StudyConfig(scan_shape=(14, 16), detector_shape=(96, 96), xray_shape=(34, 38), xray_pixel_nm=12.0,
@@ -58,11 +58,11 @@ def test_run_study_rejects_unknown_stage_and_type():
 def test_xray_index_map_mirrors_columns():
     # non-square grid, offset particle: pixel (0, 0) of a mirrored image shows the top-RIGHT corner
     a = study._xray_index_to_particle((4, 6), 2.0, np.array([1.0, -3.0]), True)
-    y, x = study._apply(a, np.array([[0.0, 0.0], [0.0, 5.0]])).T
+    y, x = registration._apply(a, np.array([[0.0, 0.0], [0.0, 5.0]])).T
     assert np.allclose(y, [-3.0 - 1.0, -3.0 - 1.0])
     assert np.allclose(x, [5.0 + 3.0, -5.0 + 3.0])
     b = study._xray_index_to_particle((4, 6), 2.0, np.array([1.0, -3.0]), False)
-    assert np.allclose(study._apply(b, np.array([[0.0, 0.0]])), [[-4.0, -2.0]])
+    assert np.allclose(registration._apply(b, np.array([[0.0, 0.0]])), [[-4.0, -2.0]])
 
 
 def test_truth_registration_maps_particle_centre(tiny_measurement):
@@ -70,9 +70,9 @@ def test_truth_registration_maps_particle_centre(tiny_measurement):
     # the X-ray pixel nearest the particle centre maps onto the scan position of the particle centre (0, 0)
     to_p = study._xray_index_to_particle(TINY.xray_shape, TINY.xray_pixel_nm, np.zeros(2), TINY.mirror)
     scan = m.registration_truth.moving_grid
-    centre_scan_idx = study._apply(scan.to_index(), np.zeros((1, 2)))
-    fixed_idx = study._apply(np.linalg.inv(m.registration_truth.matrix), centre_scan_idx)
-    back = study._apply(m.registration_truth.matrix, fixed_idx)
+    centre_scan_idx = registration._apply(scan.to_index(), np.zeros((1, 2)))
+    fixed_idx = registration._apply(np.linalg.inv(m.registration_truth.matrix), centre_scan_idx)
+    back = registration._apply(m.registration_truth.matrix, fixed_idx)
     assert np.allclose(back, centre_scan_idx)
     # a mirror: the truth map has a negative determinant, and the x pixel size ratio is the scan step ratio
     lin = m.registration_truth.matrix[:2, :2]
@@ -89,7 +89,8 @@ def test_xray_truth_strain_is_mirrored(tiny_measurement):
     rows, cols = np.nonzero(t["mask"].values)
     pick = [len(rows) // 3, 2 * len(rows) // 3]   # two pixels: differences cancel the reference offset
     idx = np.array([[rows[k], cols[k]] for k in pick], float)
-    to_p = study._apply(np.linalg.inv(m.registration_truth.moving_grid.to_index()) @ m.registration_truth.matrix, idx)
+    to_particle = np.linalg.inv(m.registration_truth.moving_grid.to_index()) @ m.registration_truth.matrix
+    to_p = registration._apply(to_particle, idx)
     s = m.particle.sample(to_p[:, 0], to_p[:, 1])
 
     def diff(v):

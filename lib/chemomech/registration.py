@@ -163,11 +163,9 @@ def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0) -> np.ndarray:
     high = sm > threshold_otsu(sm)
     border = np.concatenate([high[0], high[-1], high[:, 0], high[:, -1]])
     mask = ~high if border.mean() > 0.5 else high
-    lab, n = ndimage.label(mask)
-    if n == 0:
+    if not mask.any():
         raise ValueError("image: no particle found (Otsu threshold left no foreground); pass a mask")
-    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
-    mask = ndimage.binary_fill_holes(lab == (1 + int(np.argmax(sizes))))
+    mask = ndimage.binary_fill_holes(_largest_component(mask))
     if mask.mean() > 0.9:
         raise ValueError("image: the particle mask covers > 90 % of the image; pass a mask or a larger field of view")
     return mask
@@ -233,6 +231,15 @@ def _overlap_mi(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int) -> fl
 
 def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points @ matrix[:2, :2].T + matrix[:2, 2]
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest edge-connected (4-neighbour) piece of a boolean mask."""
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask.copy()
+    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
+    return lab == (1 + int(np.argmax(sizes)))
 
 
 @dataclass(frozen=True, eq=False)

@@ -251,12 +251,8 @@ class ParticleMeasurement:
         """Mean target registration error over the X-ray particle mask, X-ray pixels."""
         pts = np.argwhere(np.asarray(self.xray_truth["mask"].values, bool)).astype(float)
         est = self.registration.map_indices(pts)
-        back = _apply(np.linalg.inv(self.registration_truth.matrix), est)
+        back = registration._apply(np.linalg.inv(self.registration_truth.matrix), est)
         return float(np.mean(np.hypot(*(back - pts).T)))
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:2, :2].T + matrix[:2, 2]
 
 
 def _axis(n: int, step: float) -> np.ndarray:
@@ -297,7 +293,7 @@ def _xray_truth(particle: specimen.Particle, ptruth: xr.Dataset, to_particle: np
     flip = (slice(None), slice(None, None, -1)) if mirror else (slice(None), slice(None))
     ny, nx = ptruth["X"].shape
     rr, cc = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
-    pts = _apply(to_particle, np.stack([rr.ravel(), cc.ravel()], axis=1))
+    pts = registration._apply(to_particle, np.stack([rr.ravel(), cc.ravel()], axis=1))
     s = particle.sample(pts[:, 0].reshape(ny, nx), pts[:, 1].reshape(ny, nx))
     rel = [s[k] - offsets[k] for k in ("exx", "eyy", "exy", "theta")]
     exx, eyy, exy, theta = correlate.rotate_strain(*rel, _frame_q(mirror).T)
@@ -393,8 +389,8 @@ def _register_stage(state: dict, config: StudyConfig) -> ParticleMeasurement:
     """
     t0 = time.perf_counter()
     particle, res, xmap = state["particle"], state["strain"], state["xanes"]
-    fixed_mask = ndimage.binary_fill_holes(_largest_component(xmap["mask"].values))
-    moving_mask = ndimage.binary_fill_holes(_largest_component(res["mask"].values))
+    fixed_mask = ndimage.binary_fill_holes(registration._largest_component(xmap["mask"].values))
+    moving_mask = ndimage.binary_fill_holes(registration._largest_component(res["mask"].values))
     fixed = _fill_outside(xmap["X"], fixed_mask, "Li fraction X (registration image)")
     moving = _fill_outside(res["exx"] + res["eyy"], moving_mask, "strain trace exx + eyy (registration image)")
     with warnings.catch_warnings():
@@ -450,7 +446,7 @@ def _sample_on_moving(image: np.ndarray, reg: registration.Registration) -> np.n
     """Bilinear samples of a fixed-grid image at the moving grid's pixel centres (NaN outside)."""
     ny, nx = reg.moving_grid.shape
     rr, cc = np.meshgrid(np.arange(ny, dtype=float), np.arange(nx, dtype=float), indexing="ij")
-    pts = _apply(np.linalg.inv(reg.matrix), np.stack([rr.ravel(), cc.ravel()], axis=1))
+    pts = registration._apply(np.linalg.inv(reg.matrix), np.stack([rr.ravel(), cc.ravel()], axis=1))
     out = ndimage.map_coordinates(image, pts.T, order=1, mode="constant", cval=np.nan)
     return out.reshape(ny, nx)
 
@@ -468,15 +464,6 @@ def _noise_gain(reg: registration.Registration, shape: tuple[int, int], mask: np
     vals = np.sqrt(sq / 8)[mask]
     vals = vals[np.isfinite(vals)]
     return float(np.median(vals)) if vals.size else 1.0
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest edge-connected (4-neighbour) piece of a mask."""
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.copy()
-    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
-    return lab == (1 + int(np.argmax(sizes)))
 
 
 def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str, ...] = ()) -> xr.Dataset:
@@ -515,7 +502,7 @@ def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str,
     reg = m.registration_truth if "registration" in rwt else m.registration
     stack = correlate.correlate(s, x, reg)
     out = strain.to_crystal_frame(stack, m.crystal_angle_rad)
-    keep = _largest_component(out["mask"].values)
+    keep = registration._largest_component(out["mask"].values)
     # the strain is sampled at the (coarser) scan positions and interpolated onto the X-ray grid;
     # X goes through the same operator so that both maps have the same resolution
     x_full = _nearest_fill(x["X"].values)
@@ -782,9 +769,9 @@ def _defect_centre_xray(m: ParticleMeasurement, centre_nm) -> tuple[float, float
     grid = m.registration_truth.fixed_grid
     scan = m.registration_truth.moving_grid
     # particle nm = scan physical nm (the scan is in the particle frame)
-    idx_scan = _apply(scan.to_index(), np.asarray([centre_nm], float))
-    idx_fixed = _apply(np.linalg.inv(m.registration_truth.matrix), idx_scan)
-    phys = _apply(grid.to_physical(), idx_fixed)[0]
+    idx_scan = registration._apply(scan.to_index(), np.asarray([centre_nm], float))
+    idx_fixed = registration._apply(np.linalg.inv(m.registration_truth.matrix), idx_scan)
+    phys = registration._apply(grid.to_physical(), idx_fixed)[0]
     return float(phys[0]), float(phys[1])
 
 
