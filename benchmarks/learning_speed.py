@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from chemomech import learning, specimen
+from chemomech import learning, materials, twin
 
 SHAPE = (128, 128)           # pixels
 PIXEL_NM = 5.0               # nm
@@ -35,16 +35,16 @@ def _best_of(fn, repeats=REPEATS):
 
 
 def main() -> None:
-    p = specimen.make_particle("bench", batch="biphasic", seed=7, semi_axes_nm=(270.0, 290.0), mesh_nrefs=5)
+    p = twin.make_particle("bench", batch="biphasic", seed=7, semi_axes_nm=(270.0, 290.0), mesh_nrefs=5)
     ds = p.render(pixel_size_nm=PIXEL_NM, shape=SHAPE)
-    strain, X = learning.twin_measurement(ds, sigma_strain=SIGMA_STRAIN, sigma_X=SIGMA_X, rng=0)
+    strain, X = twin.noise.twin_measurement(ds, sigma_strain=SIGMA_STRAIN, sigma_X=SIGMA_X, rng=0)
     n_pix = int(ds.mask.sum())
     t_base, _ = _best_of(lambda: learning.fit_eigenstrain(strain, X, degree=1, n_boot=0))
     t_cv, m_cv = _best_of(lambda: learning.fit_eigenstrain(strain, X, n_boot=100, rng=0))
     t_full, m_full = _best_of(lambda: learning.fit_eigenstrain(strain, X, sigma_X=SIGMA_X, n_boot=100, rng=0), 1)
     t_dir, _ = _best_of(lambda: learning.fit_eigenstrain(strain, X, boundary="dirichlet", sigma_X=SIGMA_X,
                                                          n_boot=100, rng=0), 1)
-    slope = m_full.derivative([0.5])[0] / [specimen.VEGARD_AA, specimen.VEGARD_CC] - 1
+    slope = m_full.derivative([0.5])[0] / [materials.VEGARD_AA, materials.VEGARD_CC] - 1
     print(f"particle: {SHAPE[0]}x{SHAPE[1]} px, {n_pix} pixels in the mask")
     print(f"baseline (degree 1, no CV/SIMEX/bootstrap): {t_base:7.2f} s")
     print(f"CV degree + 100 bootstrap:                  {t_cv:7.2f} s  ({t_cv / t_base:5.1f} x baseline)")

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
-from chemomech import modalities, registration, specimen
+from chemomech import evaluate, registration, twin
 
 sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(1)  # report single-core times
 
@@ -49,11 +49,11 @@ def baseline(fixed: np.ndarray, moving: np.ndarray, points: np.ndarray) -> tuple
 def main(n_cases: int = 12) -> None:
     import pandas as pd
 
-    table = modalities.tre_trials(n_cases)  # same seeds as the acceptance test and the chapter
+    table = evaluate.tre_trials(n_cases)  # same seeds as the acceptance test and the chapter
     base, base_tre = [], []
     for k in range(n_cases):  # the same pairs again, for the side-by-side baseline
-        p = specimen.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
-        f, m, truth = modalities.simulate_pair(p, **modalities.random_pair_parameters(1000 + k), rng=k)
+        p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
+        f, m, truth = twin.pair.simulate_pair(p, **twin.pair.random_pair_parameters(1000 + k), rng=k)
         pts = np.argwhere(registration.particle_mask(f.values)).astype(float)
         dt, mapped = baseline(f.values, m.values, pts)
         base.append(dt)

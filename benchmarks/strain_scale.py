@@ -95,7 +95,7 @@ def _run(path: Path, mode: str) -> dict:
 
 
 def main(folder: str | None = None):
-    from chemomech import stem4d
+    from chemomech.twin import stem4d
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(folder or tmp)

@@ -16,7 +16,8 @@ import time
 
 import numpy as np
 
-from chemomech import _py4dstem, stem4d, strain
+from chemomech import _py4dstem, strain
+from chemomech.twin import stem4d
 
 SCAN = (32, 32)      # 1,024 patterns
 DOSE = 1e4           # electrons per pattern

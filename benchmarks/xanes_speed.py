@@ -17,7 +17,8 @@ import time
 import numpy as np
 import scipy.optimize
 
-from chemomech import ptycho, specimen, xanes
+from chemomech import twin, xanes
+from chemomech.twin import ptycho
 
 
 def _best_of(func, repeat: int = 3) -> float:
@@ -30,7 +31,7 @@ def _best_of(func, repeat: int = 3) -> float:
 
 
 def main() -> None:
-    particle = specimen.particle_set()["P3"]
+    particle = twin.particle_set()["P3"]
     stack, truth = ptycho.simulate_stack(particle, shape=(128, 128), pixel_size_nm=4.0, rng=1)
     n_e, ny, nx = stack.shape
     t_map = _best_of(lambda: xanes.map_lithium(stack))

@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
-from chemomech import io, stem4d, strain
+from chemomech import io, strain
+from chemomech.twin import stem4d
 
 KEYS = ("exx", "eyy", "exy", "theta")
 
@@ -30,7 +31,7 @@ def test_plain_hdf5_roundtrip_is_lazy_and_chunked(tmp_path):
 
 
 def test_py4dstem_file_found_without_dataset_name(tmp_path):
-    from chemomech import _py4dstem
+    from chemomech import _py4dstem, io
 
     cube = np.arange(2 * 3 * 16 * 16, dtype=np.float32).reshape(2, 3, 16, 16)
     _py4dstem.save_datacube(cube, tmp_path / "p4.h5")

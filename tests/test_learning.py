@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from chemomech import learning, specimen
+from chemomech import learning, materials, strain, twin
 from chemomech.learning import EigenstrainModel, fit_eigenstrain, legendre_basis, naive_regression, simex
 
-SLOPE_TRUTH = np.array([specimen.VEGARD_AA, specimen.VEGARD_CC])
+SLOPE_TRUTH = np.array([materials.VEGARD_AA, materials.VEGARD_CC])
 X_EVAL = np.linspace(0.2, 0.8, 13)  # acceptance range of the slope
 SIGMA_STRAIN = 5e-4
 SIGMA_X = 0.03
@@ -23,7 +23,7 @@ SIGMA_X = 0.03
 @pytest.fixture(scope="module")
 def coarse():
     """One biphasic particle, noise-free, 12 nm pixels (non-square image)."""
-    p = specimen.make_particle("coarse", batch="biphasic", seed=5, mesh_nrefs=4)
+    p = twin.make_particle("coarse", batch="biphasic", seed=5, mesh_nrefs=4)
     ds = p.render(pixel_size_nm=12.0)
     assert ds.sizes["y"] != ds.sizes["x"]
     return ds
@@ -74,7 +74,7 @@ def test_dirichlet_noise_free(coarse):
 
 
 def test_predict_strain_matches_truth_and_residual_removes_offset(coarse):
-    truth = EigenstrainModel.from_law(specimen.vegard_law(), 1)
+    truth = EigenstrainModel.from_law(twin.vegard_law(), 1)
     pred = truth.predict_strain(coarse.X)
     m = pred.mask.values
     for v in ("exx", "eyy", "exy"):
@@ -148,7 +148,7 @@ def test_too_few_pixels_for_degree(coarse):
 def test_x_outside_unit_interval_raises(coarse):
     with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]"):
         fit_eigenstrain(_strain(coarse), coarse.X + 0.2, degree=1)
-    model = EigenstrainModel.from_law(specimen.vegard_law(), 1)
+    model = EigenstrainModel.from_law(twin.vegard_law(), 1)
     with pytest.raises(ValueError, match="X must lie"):
         model.derivative([1.5])
 
@@ -208,21 +208,21 @@ def test_naive_regression_and_simex_on_a_known_line():
 
 
 def _measure(particles, names, seed):
-    out = [learning.twin_measurement(particles[k].render(pixel_size_nm=5.0), sigma_strain=SIGMA_STRAIN,
+    out = [twin.noise.twin_measurement(particles[k].render(pixel_size_nm=5.0), sigma_strain=SIGMA_STRAIN,
                                      sigma_X=SIGMA_X, rng=seed + i) for i, k in enumerate(names)]
     return [o[0] for o in out], [o[1] for o in out]
 
 
 @pytest.fixture(scope="module")
 def vegard_set():
-    return specimen.particle_set()
+    return twin.particle_set()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("law_name", ["vegard", "nonlinear"])
 def test_acceptance_slopes_with_cv_degree(law_name, vegard_set):
-    law = specimen.vegard_law() if law_name == "vegard" else specimen.nonlinear_law()
-    parts = vegard_set if law_name == "vegard" else specimen.particle_set(law=law)
+    law = twin.vegard_law() if law_name == "vegard" else twin.nonlinear_law()
+    parts = vegard_set if law_name == "vegard" else twin.particle_set(law=law)
     S, X = _measure(parts, ["P2", "P3", "P4", "P5"], seed=10)
     model = fit_eigenstrain(S, X, sigma_X=SIGMA_X, n_boot=0, rng=0)
     assert model.degree == (1 if law_name == "vegard" else 3)
@@ -238,7 +238,7 @@ def test_acceptance_held_out_p1_residual(vegard_set):
     model = fit_eigenstrain(S, X, sigma_X=SIGMA_X, n_boot=0, rng=0)
     (s1,), (x1,) = _measure(vegard_set, ["P1"], seed=99)
     res = model.residual(s1, x1)
-    oracle = EigenstrainModel.from_law(specimen.vegard_law(), 1).residual(s1, x1)
+    oracle = EigenstrainModel.from_law(twin.vegard_law(), 1).residual(s1, x1)
     d = vegard_set["P1"].defect
     far = {"center_nm": d.center_nm, "radius_nm": 6 * d.sigma_nm}
     rms_far = learning.residual_rms(res, **far)
@@ -252,7 +252,7 @@ def test_acceptance_held_out_p1_residual(vegard_set):
 @pytest.mark.slow
 def test_acceptance_regression_dilution(vegard_set):
     names = ["P2", "P3", "P4", "P5"]
-    out = [learning.twin_measurement(vegard_set[k].render(pixel_size_nm=5.0), sigma_X=0.2, clip=False, rng=i)
+    out = [twin.noise.twin_measurement(vegard_set[k].render(pixel_size_nm=5.0), sigma_X=0.2, clip=False, rng=i)
            for i, k in enumerate(names)]
     S, X = [o[0] for o in out], [o[1] for o in out]
     naive = naive_regression(S, X).slope.values / SLOPE_TRUTH
@@ -272,7 +272,7 @@ _coefs = st.lists(st.floats(-0.1, 0.1, allow_nan=False), min_size=1, max_size=4)
 @settings(max_examples=25, deadline=None)
 @given(aa=_coefs, cc=_coefs)
 def test_property_eigenstrain_vanishes_at_zero_and_derivative_is_consistent(aa, cc):
-    law = specimen.EigenstrainLaw("random", tuple(aa), tuple(cc))
+    law = twin.EigenstrainLaw("random", tuple(aa), tuple(cc))
     model = EigenstrainModel.from_law(law, max(len(aa), len(cc)))
     assert np.all(model.eigenstrain([0.0]) == 0)
     x = np.linspace(0, 1, 7)
@@ -293,3 +293,41 @@ def test_property_naive_slope_is_affine_equivariant(shift, scale):
     for v in ("exx", "eyy"):
         moved[v] = scale * s[v] + shift
     np.testing.assert_allclose(naive_regression(moved, x).slope.values, scale * base, rtol=1e-9, atol=1e-12)
+
+
+def test_reference_strain_roundtrip():
+    # strain relative to FePO4 e; reference lattice e_ref; measured e_rel = (1 + e) / (1 + e_ref) - 1
+    e = np.array([0.03, -0.012])
+    e_ref = np.array([0.025, -0.008])
+    e_rel = (1 + e) / (1 + e_ref) - 1
+    off = -e_ref / (1 + e_ref)
+    ref = learning.reference_strain([off[0], off[1], 0.0])
+    assert np.allclose(ref[:2], e_ref)
+    ds = xr.Dataset({k: (("y", "x"), np.full((2, 3), v)) for k, v in zip(("exx", "eyy", "exy"), (*e_rel, 0.0))})
+    out = strain.change_reference(ds, ref)
+    assert np.allclose([float(out.exx[0, 0]), float(out.eyy[0, 0])], e, atol=1e-12)
+
+
+def test_fit_with_fepo4_reference_recovers_law_from_bragg_strain():
+    # the twin's strain is relative to FePO4; a Bragg-disk measurement is relative to the particle's
+    # own (Li-rich, expanded along a) lattice: fitting it as is scales the slopes by 1 / (1 + e_ref)
+    p = twin.make_particle("ref", batch="li_rich", seed=21, mesh_nrefs=4)
+    ds = p.render(pixel_size_nm=12.0)
+    m = ds["mask"].values
+    e_ref = np.array([float(np.nanmedian(ds[v].values[m])) for v in ("exx", "eyy")])
+    rel = ds[["exx", "eyy", "exy"]].copy()
+    for k, v in zip(("exx", "eyy"), e_ref):
+        rel[k] = (1 + ds[k]) / (1 + v) - 1
+    direct = fit_eigenstrain(ds[["exx", "eyy", "exy"]], ds.X, degree=1, n_boot=0).derivative([0.5])[0]
+    plain = fit_eigenstrain(rel, ds.X, degree=1, n_boot=0).derivative([0.5])[0] / direct - 1
+    fixed = fit_eigenstrain(rel, ds.X, degree=1, n_boot=0, reference="fepo4")
+    # taken as it is, the Bragg strain scales each strain component by 1 / (1 + e_ref) (-4 % on a, +1.6 % on c
+    # here); the elastic coupling of the components mixes the two factors a little in the learned slopes
+    assert np.allclose(plain, -e_ref / (1 + e_ref), atol=5e-3) and plain[0] < -0.03
+    # re-referenced, it gives the slopes of the FePO4-relative strain to 0.1 %
+    assert np.allclose(fixed.derivative([0.5])[0] / direct - 1, 0.0, atol=1e-3)
+    assert np.allclose(fixed.reference_strain["ref"][:2], e_ref, atol=5e-4)
+    with pytest.raises(ValueError, match="boundary"):
+        fit_eigenstrain(rel, ds.X, degree=1, n_boot=0, reference="fepo4", boundary="dirichlet")
+    with pytest.raises(ValueError, match="reference"):
+        fit_eigenstrain(rel, ds.X, degree=1, n_boot=0, reference="lfp")

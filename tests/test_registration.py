@@ -6,7 +6,7 @@ import pytest
 import xarray as xr
 from numpy.testing import assert_allclose
 
-from chemomech import modalities, registration, specimen
+from chemomech import evaluate, registration, twin
 from chemomech.registration import Registration, RegistrationError, RegistrationWarning, register
 
 # a non-symmetric affine (row, col) between non-square grids: a transpose or a (x, y) mix-up fails
@@ -15,7 +15,7 @@ MATRIX = np.array([[0.9, 0.15, 3.0], [-0.1, 1.2, -2.0], [0.0, 0.0, 1.0]])
 
 @pytest.fixture(scope="module")
 def particle():
-    return specimen.make_particle("reg", batch="biphasic", seed=42)
+    return twin.make_particle("reg", batch="biphasic", seed=42)
 
 
 def test_map_points_convention_row_col():
@@ -71,7 +71,7 @@ def test_register_pure_shift_moves_points(particle):
 
 @pytest.mark.parametrize("mirror", [False, True])
 def test_register_simulated_pair(particle, mirror):
-    fixed, moving, truth = modalities.simulate_pair(particle, rotation_rad=0.2, scale=1.15, shear=0.04,
+    fixed, moving, truth = twin.pair.simulate_pair(particle, rotation_rad=0.2, scale=1.15, shear=0.04,
                                                     mirror=mirror, shift_nm=(20.0, -15.0), rng=3)
     r = register(fixed.values, moving.values)
     pts = np.argwhere(r.fixed_mask).astype(float)
@@ -82,7 +82,7 @@ def test_register_simulated_pair(particle, mirror):
 
 
 def test_register_dataarrays_physical(particle):
-    fixed, moving, truth = modalities.simulate_pair(particle, rotation_rad=-0.15, mirror=True, rng=5)
+    fixed, moving, truth = twin.pair.simulate_pair(particle, rotation_rad=-0.15, mirror=True, rng=5)
     r = register(fixed, moving)
     p_idx = np.array([[30.0, 40.0]])
     p_phys = np.array([[float(fixed.y[30]), float(fixed.x[40])]])
@@ -94,7 +94,7 @@ def test_register_dataarrays_physical(particle):
 @pytest.mark.slow
 def test_acceptance_ten_seeded_cases():
     """Acceptance: random geometry (rotation <= 15 deg, scale 0.8-1.25, shear, shift, mirror, BF/DF)."""
-    table = modalities.tre_trials(10)
+    table = evaluate.tre_trials(10)
     assert table.tre_mean_px.mean() <= 0.5, table  # measured 0.28 px
     assert table.tre_max_px.max() <= 1.5, table  # worst landmark measured 1.18 px (featureless dark-field case)
     assert table.dice.min() >= 0.95, table  # measured 0.984
@@ -141,7 +141,7 @@ def test_bad_inputs(particle):
 
 
 def test_failure_is_reported_not_silent(particle):
-    fixed, moving, _ = modalities.simulate_pair(particle, rotation_rad=0.1, rng=1)
+    fixed, moving, _ = twin.pair.simulate_pair(particle, rotation_rad=0.1, rng=1)
     wrong = np.zeros(moving.shape, bool)
     wrong[:8, :8] = True  # a "particle mask" in the corner
     with pytest.raises(RegistrationError, match="Dice"):
@@ -151,7 +151,7 @@ def test_failure_is_reported_not_silent(particle):
 
 
 def test_inputs_not_mutated(particle):
-    fixed, moving, _ = modalities.simulate_pair(particle, rng=2)
+    fixed, moving, _ = twin.pair.simulate_pair(particle, rng=2)
     f0, m0 = fixed.values.copy(), moving.values.copy()
     register(fixed, moving)
     assert np.array_equal(fixed.values, f0) and np.array_equal(moving.values, m0)
@@ -159,7 +159,7 @@ def test_inputs_not_mutated(particle):
 
 def test_simulator_truth_is_exact_for_noise_free_pair(particle):
     # the X-ray thickness sampled at mapped moving points: moving-grid sampling of the same particle agrees
-    fixed, moving, truth = modalities.simulate_pair(particle, rotation_rad=0.3, scale=0.9, mirror=True,
+    fixed, moving, truth = twin.pair.simulate_pair(particle, rotation_rad=0.3, scale=0.9, mirror=True,
                                                     noise=0.0, blur_px=0.0, rng=0)
     pts = np.array([[20.0, 30.0], [35.0, 50.0]])
     assert_allclose(truth.inverse_map_points(truth.map_points(pts)), pts, atol=1e-9)
@@ -168,7 +168,7 @@ def test_simulator_truth_is_exact_for_noise_free_pair(particle):
 
 
 def test_register_image_to_itself_is_identity(particle):
-    fixed, _, _ = modalities.simulate_pair(particle, rng=4)
+    fixed, _, _ = twin.pair.simulate_pair(particle, rng=4)
     r = register(fixed.values, fixed.values)
     pts = np.argwhere(r.fixed_mask).astype(float)
     assert np.abs(r.map_indices(pts) - pts).max() < 0.15  # px; the optimiser stops at steps of ~1e-4 (scaled)

@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from chemomech import specimen
+from chemomech import twin
 from chemomech.registration import Registration, register
 
-_PARTICLE = specimen.make_particle("props", batch="li_rich", seed=9)
+_PARTICLE = twin.make_particle("props", batch="li_rich", seed=9)
 _FIXED = _PARTICLE.render(pixel_size_nm=8.0, shape=(52, 64)).thickness.values
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from chemomech import specimen, stem4d, strain
+from chemomech import io, materials, strain, twin
+from chemomech.twin import stem4d
 
 DEG = np.pi / 180
 KEYS = ("exx", "eyy", "exy", "theta")
@@ -104,20 +105,20 @@ def test_py4dstem_datacube_and_files(tmp_path):
     from_dc = strain.measure_strain(dc, reference=sim.reference.values)
     np.testing.assert_allclose(from_dc.exx.values, base.exx.values, atol=1e-12)
     np.save(tmp_path / "cube.npy", arr)
-    np.testing.assert_array_equal(strain.load_datacube(tmp_path / "cube.npy"), arr)
+    np.testing.assert_array_equal(io.load_datacube(tmp_path / "cube.npy"), arr)
     _py4dstem.save_datacube(arr, tmp_path / "cube.h5")
-    np.testing.assert_array_equal(strain.load_datacube(tmp_path / "cube.h5"), arr)
-    strain.save_strain(base, tmp_path / "strain.nc")
-    back = strain.load_strain(tmp_path / "strain.nc")
+    np.testing.assert_array_equal(io.load_datacube(tmp_path / "cube.h5"), arr)
+    io.save_netcdf(base, tmp_path / "strain.nc")
+    back = io.load_netcdf(tmp_path / "strain.nc")
     np.testing.assert_allclose(back.exx.values, base.exx.values)
     assert back.mask.dtype == bool
     with pytest.raises(ValueError, match="path"):
-        strain.load_datacube(tmp_path / "cube.tif")
+        io.load_datacube(tmp_path / "cube.tif")
 
 
 def test_to_crystal_frame_inverts_image_frame_rotation():
     phi = 0.3
-    p = specimen.make_particle("rot", seed=2, crystal_angle_rad=phi)
+    p = twin.make_particle("rot", seed=2, crystal_angle_rad=phi)
     e = p.eigenstrain(np.array([[0.0]]), np.array([[0.0]]))  # image frame
     ds = xr.Dataset({k: (("y", "x"), e[i]) for i, k in enumerate(("exx", "eyy", "exy"))})
     cf = strain.to_crystal_frame(ds, phi)
@@ -169,7 +170,7 @@ def test_no_output_by_default(capsys):
 @pytest.mark.slow
 def test_twin_particle_acceptance():
     # issue acceptance: scan >= 64 x 64, detector 128 x 128, 1e4 e-/pattern
-    p = specimen.particle_set()["P3"]
+    p = twin.particle_set()["P3"]
     sim = stem4d.simulate_particle(p, scan_shape=(64, 68), dose=1e4, rng=2)
     res = strain.measure_strain(sim.datacube)
     part = sim.mask.values
@@ -191,7 +192,7 @@ def test_descan_fit_and_template_centre_match_truth():
     # plane fit over 45 patterns, each located to ~0.03 px at this dose
     assert np.abs(d["origin_fit"] - truth).max() < 0.05
     assert abs(np.linalg.det(d["basis"])) == pytest.approx(
-        1 / (specimen.LATTICE_FP_ANGSTROM[0] * specimen.LATTICE_FP_ANGSTROM[2]) / 0.0085**2 / 1.005, rel=0.01)
+        1 / (materials.LATTICE_FP_ANGSTROM[0] * materials.LATTICE_FP_ANGSTROM[2]) / 0.0085**2 / 1.005, rel=0.01)
 
 
 def test_central_disk_is_inversion_centre_not_brightest():
@@ -218,7 +219,7 @@ def test_detection_parameters_chosen_from_data():
     par = d["parameters"]
     # half-maximum radius of a soft disk blurred by the PSF: within 0.3 px of the aperture radius
     assert par["template_radius_px"] == pytest.approx(setup.disk_radius_px, abs=0.3)
-    g_min = 1 / (max(specimen.LATTICE_FP_ANGSTROM[0], specimen.LATTICE_FP_ANGSTROM[2]) * setup.pixel_inv_A)
+    g_min = 1 / (max(materials.LATTICE_FP_ANGSTROM[0], materials.LATTICE_FP_ANGSTROM[2]) * setup.pixel_inv_A)
     assert par["capture_px"] == pytest.approx(0.3 * g_min, rel=0.02)  # reference block may be 1 % strained
     assert par["min_spacing_px"] == pytest.approx(0.6 * g_min, rel=0.02)
     assert par["window_px"] == 2 * int(np.ceil(par["template_radius_px"] + 3)) + 1

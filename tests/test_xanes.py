@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 from scipy import ndimage
 
-from chemomech import ptycho, specimen, xanes
+from chemomech import io, materials, twin, xanes
+from chemomech.twin import ptycho
 from chemomech.xanes import _nnls_offset
 
 ENERGY = ptycho.energy_grid()
@@ -27,7 +28,7 @@ def _od_from_params(a, b, c, energy=ENERGY, refs=None):
 
 @pytest.fixture(scope="module")
 def small_particle():
-    return specimen.make_particle("small", batch="biphasic", seed=5, semi_axes_nm=(75.0, 105.0))
+    return twin.make_particle("small", batch="biphasic", seed=5, semi_axes_nm=(75.0, 105.0))
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def test_saturated_pixels_are_masked(small_particle):
     res = xanes.map_lithium(stack)
     assert res.attrs["n_saturated"] > 50
     od = xanes.optical_density(stack, shifts=res.shifts)
-    assert np.all(od.values[:, res.mask.values].max(axis=0) <= xanes.OD_SATURATION)
+    assert np.all(od.values[:, res.mask.values].max(axis=0) <= materials.OD_SATURATION)
 
 
 def test_background_mask_is_used_and_checked(small_stack):
@@ -290,21 +291,23 @@ def test_bad_references_raise_clear_errors(small_stack):
 def test_netcdf_round_trip(tmp_path, small_stack):
     stack, _ = small_stack
     res = xanes.map_lithium(stack, align=False)
-    path = xanes.write_netcdf(res, tmp_path / "result.nc")
-    back = xr.open_dataset(path, engine="h5netcdf").load()
-    assert back.mask.dtype == bool
+    path = io.save_netcdf(res, tmp_path / "result.nc")
+    raw = xr.open_dataset(path, engine="h5netcdf").load()   # the documented encoding on disk
+    assert raw.mask.dtype == np.uint8 and raw.mask.attrs["flag_meanings"] == "outside inside"
+    back = io.load_netcdf(path)
+    assert back.mask.dtype == bool and np.array_equal(back.mask.values, res.mask.values)
     assert_allclose(back.X.values, res.X.values)
     assert_allclose(back.shifts.values, res.shifts.values)
-    xanes.write_netcdf(stack.rename("stack"), tmp_path / "stack.nc")
-    assert_allclose(xanes.read_stack(tmp_path / "stack.nc").values, stack.values)
+    io.save_netcdf(stack.rename("stack"), tmp_path / "stack.nc")
+    assert_allclose(io.read_stack(tmp_path / "stack.nc").values, stack.values)
     with pytest.raises(ValueError, match=".nc"):
-        xanes.write_netcdf(res, tmp_path / "result.txt")
+        io.save_netcdf(res, tmp_path / "result.txt")
 
 
 @pytest.mark.slow
 def test_acceptance_twin_particle_128px_60_energies():
     """Issue acceptance: RMS(X - X_true) <= 0.03, 0.6-0.8 within 1 sigma, drift <= 0.1 px, >= 98 % valid."""
-    p = specimen.particle_set()["P3"]
+    p = twin.particle_set()["P3"]
     stack, truth = ptycho.simulate_stack(p, rng=1)
     assert stack.shape == (60, 128, 128)
     res = xanes.map_lithium(stack)
@@ -338,13 +341,13 @@ def test_calibration_curve_and_predict_od():
 
 def test_read_stack_rejects_unknown_files(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        xanes.read_stack(tmp_path / "missing.cxi")
+        io.read_stack(tmp_path / "missing.cxi")
     np.savez(tmp_path / "plain.npz", stack=np.ones((5, 3, 4)), energy=np.arange(700.0, 705.0))
-    plain = xanes.read_stack(tmp_path / "plain.npz")
+    plain = io.read_stack(tmp_path / "plain.npz")
     assert plain.dims == ("energy", "y", "x") and plain.shape == (5, 3, 4)
     np.savez(tmp_path / "bad.npz", stack=np.ones((5, 3, 4)), energy=np.arange(705.0, 700.0, -1))
     with pytest.raises(ValueError, match="increasing"):
-        xanes.read_stack(tmp_path / "bad.npz")
+        io.read_stack(tmp_path / "bad.npz")
     (tmp_path / "stack.tif").write_bytes(b"0")
     with pytest.raises(ValueError, match=".cxi"):
-        xanes.read_stack(tmp_path / "stack.tif")
+        io.read_stack(tmp_path / "stack.tif")

@@ -10,8 +10,12 @@ or SimpleITK until they are needed:
 - :func:`chemomech.learning.fit_eigenstrain` and
   :class:`chemomech.learning.EigenstrainModel` — physics-constrained learning.
 
-The digital twin is :mod:`chemomech.specimen`, the elasticity solver
-:mod:`chemomech.elasticity`.
+Where things live: the stage modules ``strain``, ``xanes``, ``registration``,
+``correlate`` and ``learning`` analyse data, each with the corrections it owns;
+``materials`` (constants with sources), ``geometry`` and ``elasticity`` are the
+shared physics; ``evaluate`` compares results with ground truth; ``io`` holds
+every reader and writer; ``study`` orchestrates the end-to-end run; the
+``twin`` folder makes ground truth (simulators only); ``plotting`` draws.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ _LAZY = {
     "EigenstrainModel": "learning",
 }
 _SUBMODULES = (
-    "specimen", "elasticity", "plotting",
-    "stem4d", "strain", "io", "ptycho", "xanes", "modalities", "registration", "correlate", "learning", "study",
+    "materials", "geometry", "elasticity", "strain", "xanes", "registration", "correlate", "learning",
+    "evaluate", "io", "study", "twin", "plotting",
 )
 
 __all__ = sorted(_LAZY) + list(_SUBMODULES)

@@ -11,8 +11,11 @@ Exit codes: 0 success, 1 the study failed, 2 bad command-line arguments.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -34,6 +37,81 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-budget", action="store_true", help="skip the error budget (three extra fits)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
+
+
+def _save_figure(fig, folder: Path, name: str) -> list[str]:
+    files = []
+    for ext in ("png", "pdf"):
+        fig.savefig(folder / f"{name}.{ext}", dpi=150)
+        files.append(f"{name}.{ext}")
+    return files
+
+
+def write_outputs(result, out_dir: str | os.PathLike, *, budget=None,
+                  seconds: float | None = None, overwrite: bool = False) -> Path:
+    """Write the figures (PNG and PDF), the correlated stacks (NetCDF) and ``summary.json``.
+
+    Everything goes to a temporary folder next to `out_dir`, which is moved into
+    place only when complete; on any error the temporary folder is removed and
+    `out_dir` is left as it was.
+
+    Parameters
+    ----------
+    result : chemomech.study.StudyResult
+    out_dir : path
+        Output folder; must not exist unless `overwrite`.
+    budget : xarray.Dataset, optional
+        From :func:`chemomech.study.error_budget` (adds ``stages`` to the summary and a figure).
+    seconds : float, optional
+        Total wall time to record.
+    overwrite : bool
+        Replace an existing `out_dir`.
+
+    Returns
+    -------
+    pathlib.Path
+        The output folder.
+    """
+    from . import io, plotting, study
+
+    if not isinstance(result, study.StudyResult):
+        raise TypeError(f"result must be a StudyResult, got {type(result).__name__}")
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"out_dir {str(out)!r} exists; choose a new folder or allow overwriting")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        figs = {
+            "fig1_gallery": plotting.study_gallery(result),
+            "fig2_correlated_maps": plotting.study_correlated_maps(result),
+            "fig3_strain_vs_x": plotting.study_strain_vs_x(result),
+            "fig4_heldout": plotting.study_heldout(result),
+            "fig5_slope_table": plotting.study_slope_table(result, budget=budget),
+        }
+        files = []
+        for name, fig in figs.items():
+            files += _save_figure(fig, tmp, name)
+        (tmp / "stacks").mkdir()
+        for name, stack in result.stacks.items():
+            io.save_stack(stack, tmp / "stacks" / f"{name}_stack.nc")
+            files.append(f"stacks/{name}_stack.nc")
+        summary = study.summary_dict(result, budget, seconds=seconds)
+        summary["files"] = sorted(files) + ["summary.json"]
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
 
 
 def _fail(msg: str, code: int) -> int:
@@ -69,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore", UserWarning)
             result = study.run_study(config, progress=progress)
             budget = None if args.no_budget else study.error_budget(result, progress=progress)
-            path = study.write_outputs(result, out, budget=budget, seconds=time.perf_counter() - t0,
+            path = write_outputs(result, out, budget=budget, seconds=time.perf_counter() - t0,
                                        overwrite=args.force)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written", 1)

@@ -9,6 +9,8 @@ sees them, so users get our ``ValueError`` rather than a py4DSTEM
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +19,10 @@ from . import _validate
 
 
 def _import():
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        matplotlib.use("Agg")  # py4DSTEM plots as a side effect in places
+    # py4DSTEM plots as a side effect in places: without a backend chosen already (a notebook's
+    # inline backend, a user's MPLBACKEND), make it the non-interactive one before pyplot loads
+    if "matplotlib.pyplot" not in sys.modules:
+        os.environ.setdefault("MPLBACKEND", "Agg")
     import py4DSTEM
 
     return py4DSTEM

@@ -123,3 +123,44 @@ def rng(seed: object) -> np.random.Generator:
     if seed is not None and not isinstance(seed, (int, np.integer, np.random.Generator)):
         raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {type(seed).__name__}")
     return np.random.default_rng(seed)
+
+
+def energies(e: np.ndarray, *, name: str) -> None:
+    """Check that photon energies are strictly increasing and given in eV."""
+    if e.size < 2 or np.any(np.diff(e) <= 0):
+        raise ValueError(f"{name} energies must be strictly increasing (eV); got {e[:6]}...; "
+                         "sort the stack with .sortby('energy') and drop duplicates")
+    if e.max() < 100.0:
+        raise ValueError(f"{name} energies look like keV (max {e.max():g}); give energies in eV")
+
+
+def energy_stack(stack: object, *, name: str = "stack") -> xr.DataArray:
+    """Check an ``("energy", "y", "x")`` stack: eV coordinate, >= 5 frames, each with finite values."""
+    dims(stack, ("energy", "y", "x"), name=name)
+    if "energy" not in stack.coords:
+        raise ValueError(f"{name} must have an 'energy' coordinate in eV")
+    e = array(stack["energy"], name=f"{name} energy", ndim=1, dtype_kind="iuf", finite=True)
+    energies(e.astype(float), name=name)
+    if stack.sizes["energy"] < 5:
+        raise ValueError(f"{name} needs at least 5 energies for a 3-parameter fit, got {stack.sizes['energy']}")
+    arr = array(stack, name=name, ndim=3, dtype_kind="iufc")
+    finite = np.isfinite(arr).reshape(arr.shape[0], -1).any(axis=1)
+    if not finite.all():
+        bad = e[~finite]
+        raise ValueError(f"{name} has frames with no finite values (all NaN) at energies {bad.tolist()} eV; "
+                         "drop them with stack.drop_sel(energy=...)")
+    return stack
+
+
+#: Variables every correlated stack holds (plus any virtual images); see chemomech.correlate.
+STACK_VARIABLES = ("X", "X_sigma", "thickness", "exx", "eyy", "exy", "theta", "mask")
+
+
+def correlated_stack(ds: object, *, name: str) -> xr.Dataset:
+    """Check that `ds` is a Dataset with every variable of :data:`STACK_VARIABLES`."""
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"{name} must be an xarray.Dataset, got {type(ds).__name__}")
+    missing = [k for k in STACK_VARIABLES if k not in ds]
+    if missing:
+        raise ValueError(f"{name} is not a correlated stack: missing {missing}")
+    return ds

@@ -37,10 +37,9 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from . import _validate
+from .materials import C_FEPO4_GPA, C_LIFEPO4_GPA
 
 __all__ = [
-    "C_FEPO4_GPA",
-    "C_LIFEPO4_GPA",
     "ElasticProblem",
     "ElasticSolution",
     "PixelMesh",
@@ -57,25 +56,6 @@ __all__ = [
 ]
 
 # --- material constants -------------------------------------------------------
-
-_VOIGT_NAMES = ("C11", "C22", "C33", "C44", "C55", "C66", "C12", "C13", "C23")
-
-
-def _orthotropic(c11, c22, c33, c44, c55, c66, c12, c13, c23) -> np.ndarray:
-    c = np.zeros((6, 6))
-    c[0, 0], c[1, 1], c[2, 2] = c11, c22, c33
-    c[3, 3], c[4, 4], c[5, 5] = c44, c55, c66
-    c[0, 1] = c[1, 0] = c12
-    c[0, 2] = c[2, 0] = c13
-    c[1, 2] = c[2, 1] = c23
-    return c
-
-
-#: 3-D stiffness of FePO4 (X = 0), GPa, Voigt order (aa, bb, cc, bc, ac, ab); [1]_.
-C_FEPO4_GPA = _orthotropic(175.9, 153.6, 135.0, 38.8, 47.5, 55.6, 29.6, 54.0, 19.6)
-#: 3-D stiffness of LiFePO4 (X = 1), GPa, Voigt order (aa, bb, cc, bc, ac, ab); [1]_.
-C_LIFEPO4_GPA = _orthotropic(138.9, 198.0, 173.0, 36.8, 50.6, 47.6, 72.7, 52.5, 45.8)
-
 
 def plane_stress_stiffness(c3d: ArrayLike) -> np.ndarray:
     r"""Reduce a 3-D orthorhombic stiffness to plane stress in the (a, c) plane.
@@ -163,16 +143,16 @@ def rotate_stiffness(q: ArrayLike, angle_rad: float) -> np.ndarray:
 
     Parameters
     ----------
-    q : array_like, shape (3, 3)
+    q : array_like, shape (3, 3) or (..., 3, 3)
         Stiffness in the crystal frame (x ∥ a, y ∥ c), Voigt order (xx, yy, xy),
-        engineering shear.
+        engineering shear; a stack of stiffnesses is rotated matrix by matrix.
     angle_rad : float
         Angle of the crystal a axis from image x, radians; positive turns x
         towards y (clockwise as displayed, y pointing down).
 
     Returns
     -------
-    numpy.ndarray, shape (3, 3)
+    numpy.ndarray, same shape as `q`
         ``Q_img = T_s Q T_e^{-1}``.
 
     Examples
@@ -182,7 +162,9 @@ def rotate_stiffness(q: ArrayLike, angle_rad: float) -> np.ndarray:
     >>> bool(np.allclose(r[0, 0], q[1, 1]) and np.allclose(r[1, 1], q[0, 0]))
     True
     """
-    q = _validate.array(q, name="q", shape=(3, 3), finite=True)
+    q = _validate.array(q, name="q", finite=True)
+    if q.ndim < 2 or q.shape[-2:] != (3, 3):
+        raise ValueError(f"q must have shape (3, 3) or (..., 3, 3), got {q.shape}")
     ts, te = _rotation_voigt(float(angle_rad))
     return ts @ q @ np.linalg.inv(te)
 
@@ -634,24 +616,8 @@ def _strain_from_grad(g: np.ndarray) -> np.ndarray:
     return np.stack([exx, eyy, exy, theta])
 
 
-def _locate(m: skfem.MeshTri, x: np.ndarray, y: np.ndarray, cache: dict):
-    """Find the triangle of each point and its barycentric coordinates."""
-    import matplotlib.tri as mtri  # point location in a given triangulation only (no plotting)
-    from scipy.spatial import cKDTree
-
-    if "trifinder" not in cache:
-        tri = mtri.Triangulation(m.p[0], m.p[1], m.t.T)
-        cache["trifinder"] = tri.get_trifinder()
-        cache["centroids"] = cKDTree(m.p[:, m.t].mean(axis=1).T)
-        h = np.linalg.norm(m.p[:, m.t[0]] - m.p[:, m.t[1]], axis=0)
-        cache["h"] = float(np.max(h))
-    cells = np.asarray(cache["trifinder"](x, y), dtype=np.int64)
-    ok = np.ones(x.shape, bool)
-    miss = cells < 0
-    if np.any(miss):
-        d, nearest = cache["centroids"].query(np.c_[x[miss], y[miss]])
-        cells[miss] = nearest
-        ok[miss] = d < cache["h"]
+def _barycentric(m: skfem.MeshTri, cells: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """``(N, 3)`` barycentric coordinates of points ``(x, y)`` in triangles `cells`."""
     p0 = m.p[:, m.t[0, cells]]
     p1 = m.p[:, m.t[1, cells]]
     p2 = m.p[:, m.t[2, cells]]
@@ -660,8 +626,38 @@ def _locate(m: skfem.MeshTri, x: np.ndarray, y: np.ndarray, cache: dict):
     dx, dy = x - p0[0], y - p0[1]
     l1 = (dx * v1[1] - dy * v1[0]) / det
     l2 = (v0[0] * dy - v0[1] * dx) / det
-    bary = np.stack([1 - l1 - l2, l1, l2], axis=1)
-    return cells, bary, ok
+    return np.stack([1 - l1 - l2, l1, l2], axis=-1)
+
+
+#: Candidate triangles (nearest centroids) tried per point when locating it.
+_LOCATE_CANDIDATES = 12
+
+
+def _locate(m: skfem.MeshTri, x: np.ndarray, y: np.ndarray, cache: dict):
+    """Find the triangle of each point and its barycentric coordinates.
+
+    The nearest triangle centroids (a k-d tree) are the candidates; the first
+    whose barycentric coordinates are all >= 0 (within rounding) holds the
+    point. A point in none of them (outside the mesh) takes the nearest
+    triangle and counts as found only if it lies within one element size.
+    """
+    from scipy.spatial import cKDTree
+
+    if "centroids" not in cache:
+        cache["centroids"] = cKDTree(m.p[:, m.t].mean(axis=1).T)
+        h = np.linalg.norm(m.p[:, m.t[0]] - m.p[:, m.t[1]], axis=0)
+        cache["h"] = float(np.max(h))
+    k = min(_LOCATE_CANDIDATES, m.t.shape[1])
+    d, cand = cache["centroids"].query(np.c_[x, y], k=k)
+    cand, d = cand.reshape(x.size, k), d.reshape(x.size, k)
+    bary = _barycentric(m, cand, x[:, None], y[:, None])  # (N, k, 3)
+    inside = np.all(bary >= -1e-10, axis=-1)
+    ok = inside.any(axis=1)
+    pick = np.where(ok, np.argmax(inside, axis=1), 0)
+    rows = np.arange(x.size)
+    cells = cand[rows, pick].astype(np.int64)
+    ok |= d[:, 0] < cache["h"]
+    return cells, bary[rows, pick], ok
 
 
 # --- analytic reference -------------------------------------------------------------

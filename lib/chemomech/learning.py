@@ -35,8 +35,7 @@ prescribed, as Deng et al. [1]_ did).
 Also here: leave-one-particle-out / spatially blocked cross-validation of the
 polynomial degree, block and particle bootstrap, the naive per-pixel regression
 that most people try first, and SIMEX [2]_ to undo the regression dilution that
-noise in X causes; plus :func:`twin_measurement`, a small noise simulator for
-the digital twin (kept apart from the analysis code).
+noise in X causes.
 
 References
 ----------
@@ -50,6 +49,7 @@ References
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -60,15 +60,16 @@ from numpy.typing import ArrayLike
 from scipy import optimize, spatial
 
 from . import _validate, elasticity
+from . import strain as strain_module
 
 __all__ = [
     "EigenstrainModel",
     "fit_eigenstrain",
     "legendre_basis",
     "naive_regression",
+    "reference_strain",
     "residual_rms",
     "simex",
-    "twin_measurement",
 ]
 
 #: Highest polynomial degree tried when ``degree=None``.
@@ -533,6 +534,9 @@ class EigenstrainModel:
         What the bootstrap resampled.
     training : tuple of str
         Names of the training particles (``attrs["particle"]`` of each strain Dataset).
+    reference_strain : dict of str to numpy.ndarray or None
+        With ``reference="fepo4"``: strain ``(e_aa, e_cc, e_ac)`` of each training
+        particle's reference lattice relative to FePO4 (:func:`reference_strain`).
     """
 
     degree: int
@@ -545,6 +549,7 @@ class EigenstrainModel:
     cv: xr.Dataset | None = None
     bootstrap: str = "blocks"
     training: tuple = field(default_factory=tuple)
+    reference_strain: dict | None = None
 
     @classmethod
     def from_law(cls, law, degree: int, *, boundary: str = "free", stiffness: ArrayLike | None = None,
@@ -557,8 +562,8 @@ class EigenstrainModel:
 
         Examples
         --------
-        >>> from chemomech import specimen
-        >>> m = EigenstrainModel.from_law(specimen.vegard_law(), 1)
+        >>> from chemomech import twin
+        >>> m = EigenstrainModel.from_law(twin.vegard_law(), 1)
         >>> np.round(m.eigenstrain([1.0]), 3).tolist()
         [[0.052, -0.02]]
         """
@@ -716,6 +721,25 @@ class EigenstrainModel:
         ds.attrs.update(offsets=off.tolist(), rms=float(np.sqrt(np.mean(r**2))))
         return ds
 
+    def to_fepo4(self, strain: xr.Dataset, X: xr.DataArray, mask: ArrayLike | None = None) -> xr.Dataset:
+        """Re-express a new particle's Bragg-disk strain relative to FePO4, the lattice of the law.
+
+        The particle's own reference lattice follows from the offsets of
+        :meth:`residual` (:func:`reference_strain`); the strain is then
+        re-expressed with :func:`chemomech.strain.change_reference`. This is the
+        held-out counterpart of ``fit_eigenstrain(..., reference="fepo4")``.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``exx``, ``eyy``, ``exy`` relative to FePO4 (other variables kept);
+            ``attrs["reference_strain"]`` holds ``(e_aa, e_cc, e_ac)``.
+        """
+        if self.boundary != "free":
+            raise ValueError("to_fepo4 needs a model fitted with boundary='free' (it uses the fitted offsets)")
+        first = self.residual(strain, X, mask)
+        return strain_module.change_reference(strain, reference_strain(first.attrs["offsets"]))
+
 
 def residual_rms(residual: xr.Dataset, *, center_nm: tuple[float, float] | None = None,
                  radius_nm: float = 0.0, inside: bool = False) -> float:
@@ -793,8 +817,8 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                     smoothness: float = 0.0, monotonic: bool = False, n_boot: int = 100,
                     bootstrap: str = "auto", block_px: int = BLOCK_PX,
                     sigma_X: float | None = None, simex_lambdas: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
-                    simex_n_sim: int = 3, rng: np.random.Generator | int | None = None,
-                    progress: bool = False) -> EigenstrainModel:
+                    simex_n_sim: int = 3, reference: str | None = None,
+                    rng: np.random.Generator | int | None = None, progress: bool = False) -> EigenstrainModel:
     """Learn ``eps0(X)`` from strain and Li maps, constrained by mechanical equilibrium.
 
     Parameters
@@ -849,8 +873,22 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
         Added-noise multipliers for SIMEX.
     simex_n_sim : int
         Noise realisations per multiplier.
+    reference : {None, "fepo4"}
+        What the strain maps are relative to. ``None``: take them as they are
+        (a free offset per component absorbs any uniform reference strain).
+        ``"fepo4"``: the maps are Bragg-disk strain relative to each particle's
+        own reference region (:func:`chemomech.strain.measure_strain`), whose
+        lattice is not FePO4; a first fit (no bootstrap, no SIMEX) gives each
+        particle's offsets, :func:`reference_strain` turns them into the
+        reference lattice's strain relative to FePO4, the maps are re-expressed
+        relative to FePO4 (:func:`chemomech.strain.change_reference`) and the
+        law is fitted again. Without this the slopes are scaled by
+        ``1 / (1 + e_ref)`` (about 2–5 % for the twin's particles). Needs
+        ``boundary="free"``. The model records the result in
+        :attr:`EigenstrainModel.reference_strain`.
     rng : numpy.random.Generator or int, optional
-        Seed for CV fold assignment, SIMEX and the bootstrap.
+        Seed for CV fold assignment, SIMEX and the bootstrap (an int seed is
+        used as is by both passes of ``reference="fepo4"``).
     progress : bool
         Show a progress bar over particles.
 
@@ -869,14 +907,18 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
 
     Examples
     --------
-    >>> from chemomech import specimen
-    >>> p = specimen.make_particle("demo", batch="biphasic", seed=5, mesh_nrefs=4)
+    >>> from chemomech import materials, twin
+    >>> p = twin.make_particle("demo", batch="biphasic", seed=5, mesh_nrefs=4)
     >>> ds = p.render(pixel_size_nm=12.0)
     >>> model = fit_eigenstrain(ds[["exx", "eyy", "exy"]], ds.X, degree=1, n_boot=0)
-    >>> np.round(model.derivative([0.5])[0] / [specimen.VEGARD_AA, specimen.VEGARD_CC], 1).tolist()
+    >>> np.round(model.derivative([0.5])[0] / [materials.VEGARD_AA, materials.VEGARD_CC], 1).tolist()
     [1.0, 1.0]
     """
     _validate.choice(boundary, ("free", "dirichlet"), name="boundary")
+    _validate.choice(reference, (None, "fepo4"), name="reference")
+    if reference is not None and boundary != "free":
+        raise ValueError(f"reference={reference!r} needs boundary='free' (the reference lattice comes from the "
+                         "fitted offsets, which a Dirichlet fit does not have)")
     _validate.choice(bootstrap, ("auto", "blocks", "particles", "both"), name="bootstrap")
     for nm, v, lo in (("upsample", upsample, 1), ("max_degree", max_degree, 1), ("block_px", block_px, 1),
                       ("n_boot", n_boot, 0), ("simex_n_sim", simex_n_sim, 1)):
@@ -887,7 +929,7 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     _validate.positive(smoothness, name="smoothness", allow_zero=True)
     sig_x = None if sigma_X is None else _validate.positive(sigma_X, name="sigma_X")
     _check_lambdas(simex_lambdas, name="simex_lambdas", min_size=2)
-    gen = _validate.rng(rng)
+    _validate.rng(rng)  # type check before any FEM work
     strains = _as_list(strain, xr.Dataset)
     Xs = _as_list(X, xr.DataArray)
     if len(Xs) != len(strains):
@@ -917,10 +959,68 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                      degree_max=dmax, names=names, block_px=int(block_px), progress=progress)
     total = sum(p.X.size for p in parts)
     _check_pixels(total, 2 * dmax + n_off * len(parts), "mask (all particles)")
+    fit = dict(degree=degree, degrees=np.arange(1, dmax + 1) if degree is None else np.array([int(degree)]),
+               n_off=n_off, bootstrap=bootstrap, block_px=int(block_px), smoothness=smoothness,
+               monotonic=monotonic, simex_lambdas=simex_lambdas, simex_n_sim=simex_n_sim, stiffness=q,
+               boundary=boundary, upsample=int(upsample))
+    refs = None
+    if reference == "fepo4":
+        # the FEM responses depend on X and the mask only: the second pass reuses them with re-referenced strain
+        first = _fit_parts(parts, n_boot=0, sigma_X=None, rng=rng, **fit)
+        refs = {p.name: reference_strain(first.offsets[p.name]) for p in parts}
+        parts = [_rereferenced(p, refs[p.name]) for p in parts]
+    return _fit_parts(parts, n_boot=int(n_boot), sigma_X=sig_x, rng=rng, reference_strain=refs, **fit)
+
+
+def _rereferenced(p: _Particle, ref: np.ndarray) -> _Particle:
+    """The particle with its measured strain re-expressed relative to FePO4 (free edges: y is the strain)."""
+    scale, shift = strain_module.reference_transform(ref)
+    return dataclasses.replace(p, y=p.y * scale[:, None] + shift[:, None])
+
+
+def reference_strain(offsets: ArrayLike) -> np.ndarray:
+    """Strain of a particle's reference lattice relative to FePO4, from the offsets of a free-edge fit.
+
+    A Bragg-disk measurement reports ``e_rel``, the strain relative to the
+    reference region's lattice; the law is relative to FePO4 (``eps0(0) = 0``).
+    With ``1 + e = (1 + e_rel)(1 + e_ref)`` per axis, a fit of ``e_rel``
+    against the FePO4-based law returns the offset ``o = -e_ref / (1 + e_ref)``,
+    so ``e_ref = -o / (1 + o)`` (the shear: ``e_ref = -o``).
+
+    Parameters
+    ----------
+    offsets : array_like, shape (3,)
+        Fitted offsets ``(exx, eyy, exy)`` in the crystal frame
+        (:attr:`EigenstrainModel.offsets`, or ``attrs["offsets"]`` of
+        :meth:`EigenstrainModel.residual`).
+
+    Returns
+    -------
+    numpy.ndarray, shape (3,)
+        ``(e_aa, e_cc, e_ac)`` of the reference lattice; pass it to
+        :func:`chemomech.strain.change_reference`.
+
+    Examples
+    --------
+    >>> np.round(reference_strain([-0.025, 0.01, 0.002]), 5).tolist()
+    [0.02564, -0.0099, -0.002]
+    """
+    o = _validate.array(offsets, name="offsets", shape=(3,), finite=True).astype(float)
+    out = o.copy()
+    out[:2] = -o[:2] / (1.0 + o[:2])
+    out[2] = -o[2]
+    return out
+
+
+def _fit_parts(parts: list[_Particle], *, degree, degrees, n_off, n_boot, bootstrap, block_px, smoothness,
+               monotonic, sigma_X, simex_lambdas, simex_n_sim, stiffness, boundary, upsample, rng,
+               reference_strain=None) -> EigenstrainModel:
+    """Degree selection, SIMEX, final coefficients and bootstrap on prepared particles."""
+    gen = _validate.rng(rng)
+    sig_x = sigma_X
     nrm = _normal_blocks(parts, n_off=n_off)
     if bootstrap == "auto":
         bootstrap = "both" if len(parts) >= 3 else "blocks"
-    degrees = np.arange(1, dmax + 1) if degree is None else np.array([int(degree)])
     folds = "particles" if len(parts) >= 3 else "blocks"
     fold_seed = int(gen.integers(2**31))
     opts = dict(smoothness=smoothness, monotonic=monotonic)
@@ -937,7 +1037,7 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     coefs = all_coefs(nrm)
     if sigma_X is not None:
         err, coefs, sim = _simex_fit(parts, err, coefs, sigma=sig_x, lambdas=simex_lambdas, n_sim=simex_n_sim,
-                                     rng=gen, n_off=n_off, block_px=int(block_px), cv_errors=cv_errors,
+                                     rng=gen, n_off=n_off, block_px=block_px, cv_errors=cv_errors,
                                      all_coefs=all_coefs)
     cv = None
     if degree is None:
@@ -960,8 +1060,8 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
         naive = _fit_subset(nrm, np.ones(nrm.G.shape[0]), chosen, **opts)[0]
         boots = boots + (coef - naive)[None]
     offsets = {p.name: (off[j] if n_off else np.zeros(3)) for j, p in enumerate(parts)}
-    return EigenstrainModel(chosen, coef, boots, offsets, boundary, q, int(upsample), cv, bootstrap,
-                            tuple(p.name for p in parts))
+    return EigenstrainModel(chosen, coef, boots, offsets, boundary, stiffness, upsample, cv, bootstrap,
+                            tuple(p.name for p in parts), reference_strain)
 
 
 def _simex_fit(parts, err0, coefs0, *, sigma, lambdas, n_sim, rng, n_off, block_px, cv_errors, all_coefs):
@@ -1189,53 +1289,3 @@ def _extrapolate(lam: np.ndarray, y: np.ndarray, extrapolant: str, at: np.ndarra
 
 
 # --- measurement simulator for the digital twin (not analysis code) -------------------------
-
-
-def twin_measurement(ds: xr.Dataset, *, sigma_strain: float = 5e-4, sigma_X: float = 0.03,
-                     clip: bool = True, rng: np.random.Generator | int | None = None
-                     ) -> tuple[xr.Dataset, xr.DataArray]:
-    """Turn a rendered twin particle into a noisy (strain, X) measurement.
-
-    Parameters
-    ----------
-    ds : xarray.Dataset
-        From :meth:`chemomech.specimen.Particle.render` (crystal angle 0).
-    sigma_strain : float
-        Gaussian noise added to exx, eyy, exy (strain units).
-    sigma_X : float
-        Gaussian noise added to X.
-    clip : bool
-        Clip the noisy X into [0, 1], as a bounded spectral unmixing would.
-    rng : numpy.random.Generator or int, optional
-
-    Returns
-    -------
-    (xarray.Dataset, xarray.DataArray)
-        Strain (``exx``, ``eyy``, ``exy``, ``mask``) and X, NaN outside the particle.
-
-    Examples
-    --------
-    >>> from chemomech import specimen
-    >>> ds = specimen.make_particle("d", seed=2, mesh_nrefs=3).render(pixel_size_nm=20.0)
-    >>> s, x = twin_measurement(ds, rng=0)
-    >>> bool(np.isnan(s.exx.values[0, 0]) and float(x.max()) <= 1.0)
-    True
-    """
-    if not isinstance(ds, xr.Dataset) or not all(v in ds for v in ("X", "mask") + _STRAIN_VARS):
-        raise TypeError("ds must be a rendered twin Dataset with X, mask, exx, eyy, exy")
-    ss = _validate.positive(sigma_strain, name="sigma_strain", allow_zero=True)
-    sx = _validate.positive(sigma_X, name="sigma_X", allow_zero=True)
-    gen = _validate.rng(rng)
-    m = ds["mask"].values.astype(bool)
-    out = {}
-    for v in _STRAIN_VARS:
-        vals = np.where(m, ds[v].values + ss * gen.standard_normal(m.shape), np.nan)
-        out[v] = (("y", "x"), vals, {"units": "1", "long_name": f"measured {v} (crystal frame)"})
-    out["mask"] = (("y", "x"), m, {"units": "1", "long_name": "particle mask"})
-    strain = xr.Dataset(out, coords={"y": ds["y"], "x": ds["x"]}, attrs={"particle": ds.attrs.get("particle", "")})
-    xv = np.where(m, ds["X"].values + sx * gen.standard_normal(m.shape), np.nan)
-    if clip:
-        xv = np.clip(xv, 0.0, 1.0)
-    X = xr.DataArray(xv, dims=("y", "x"), coords={"y": ds["y"], "x": ds["x"]},
-                     attrs={"units": "1", "long_name": "measured Li fraction X"}, name="X")
-    return strain, X

@@ -34,6 +34,7 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from . import _validate
+from .geometry import apply_affine, largest_component
 
 __all__ = [
     "Registration",
@@ -44,6 +45,7 @@ __all__ = [
     "metric_profile",
     "particle_mask",
     "register",
+    "registration_image",
 ]
 
 _DILATE = 8
@@ -165,10 +167,60 @@ def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0) -> np.ndarray:
     mask = ~high if border.mean() > 0.5 else high
     if not mask.any():
         raise ValueError("image: no particle found (Otsu threshold left no foreground); pass a mask")
-    mask = ndimage.binary_fill_holes(_largest_component(mask))
+    mask = ndimage.binary_fill_holes(largest_component(mask))
     if mask.mean() > 0.9:
         raise ValueError("image: the particle mask covers > 90 % of the image; pass a mask or a larger field of view")
     return mask
+
+
+def registration_image(image: ArrayLike, mask: ArrayLike, *, long_name: str | None = None
+                       ) -> tuple[np.ndarray | xr.DataArray, np.ndarray]:
+    """An image and mask ready for :func:`register`: one solid particle on a flat background.
+
+    Maps made by the analysis (a Li map, a strain trace) have NaN gaps, stray
+    pixels outside the particle and noise around the edge; mutual information
+    is computed over the whole overlap, so those would steer the fit. This step
+    keeps the largest connected piece of `mask` with its holes filled, puts the
+    median of the particle into NaN gaps inside it, and sets everything
+    outside to one constant below the particle's 1–99 % range.
+
+    Parameters
+    ----------
+    image : array_like or xarray.DataArray
+        2-D map on ``("y", "x")`` (e.g. ``X`` from :func:`chemomech.xanes.map_lithium`
+        or ``exx + eyy`` from :func:`chemomech.strain.measure_strain`).
+    mask : array_like of bool
+        Valid pixels of `image`, same shape.
+    long_name : str, optional
+        ``long_name`` attribute of a DataArray result.
+
+    Returns
+    -------
+    image : numpy.ndarray or xarray.DataArray
+        The filled image, same type and coordinates as `image`.
+    mask : numpy.ndarray
+        The cleaned particle mask (bool), to pass as ``fixed_mask``/``moving_mask``.
+
+    Examples
+    --------
+    >>> img = np.full((10, 12), np.nan); img[2:8, 2:10] = np.linspace(0.0, 1.0, 8); img[4, 5] = np.nan
+    >>> inside = np.zeros((10, 12), bool); inside[2:8, 2:10] = True; inside[0, 0] = True  # a stray pixel
+    >>> out, m = registration_image(img, inside)
+    >>> int(m.sum()), bool(np.isfinite(out).all()), bool(out[0, 0] < out[2, 2])
+    (48, True, True)
+    """
+    arr = _image(image, "image")
+    m = _validate.mask(mask, name="mask", shape=arr.shape)
+    m = ndimage.binary_fill_holes(largest_component(m))
+    inside = arr[m & np.isfinite(arr)]
+    if inside.size == 0:
+        raise ValueError("image has no finite values inside mask; pass the map's own mask")
+    lo, hi = np.percentile(inside, [1, 99])
+    filled = np.where(m, np.where(np.isfinite(arr), arr, np.median(inside)), lo - 0.5 * (hi - lo))
+    if isinstance(image, xr.DataArray):
+        attrs = {"units": image.attrs.get("units", "1"), "long_name": long_name or image.attrs.get("long_name", "")}
+        return image.copy(data=filled).assign_attrs(attrs), m
+    return filled, m
 
 
 def dice(a: ArrayLike, b: ArrayLike) -> float:
@@ -227,19 +279,6 @@ def _overlap_mi(a: np.ndarray, b: np.ndarray, mask: np.ndarray, bins: int) -> fl
 
 
 # --- the result -------------------------------------------------------------------------
-
-
-def _apply(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return points @ matrix[:2, :2].T + matrix[:2, 2]
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest edge-connected (4-neighbour) piece of a boolean mask."""
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask.copy()
-    sizes = ndimage.sum(mask, lab, index=np.arange(1, n + 1))
-    return lab == (1 + int(np.argmax(sizes)))
 
 
 @dataclass(frozen=True, eq=False)
@@ -334,8 +373,8 @@ class Registration:
         """
         p = _validate.array(points, name="points", shape=(None, 2), finite=True).astype(float)
         if self.fixed_grid.physical:
-            return _apply(self.physical_matrix, p)
-        return _apply(self.matrix, p)
+            return apply_affine(self.physical_matrix, p)
+        return apply_affine(self.matrix, p)
 
     def map_indices(self, points: ArrayLike) -> np.ndarray:
         """Map ``(N, 2)`` fixed pixel indices ``(row, col)`` to moving pixel indices, whatever the input type.
@@ -347,7 +386,7 @@ class Registration:
         [[3.0, 2.0]]
         """
         p = _validate.array(points, name="points", shape=(None, 2), finite=True).astype(float)
-        return _apply(self.matrix, p)
+        return apply_affine(self.matrix, p)
 
     def warp(self, image: ArrayLike | xr.DataArray) -> np.ndarray | xr.DataArray:
         """Resample an image on `moving`'s grid onto `fixed`'s grid (bilinear, NaN outside).
@@ -550,9 +589,9 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
 
     Examples
     --------
-    >>> from chemomech import specimen, modalities
-    >>> p = specimen.make_particle("demo", seed=7)
-    >>> fixed, moving, truth = modalities.simulate_pair(p, rotation_rad=0.2, scale=1.1, mirror=True, rng=1)
+    >>> from chemomech import twin
+    >>> p = twin.make_particle("demo", seed=7)
+    >>> fixed, moving, truth = twin.pair.simulate_pair(p, rotation_rad=0.2, scale=1.1, mirror=True, rng=1)
     >>> r = register(fixed.values, moving.values)
     >>> pts = np.argwhere(r.fixed_mask).astype(float)
     >>> bool(truth.target_registration_error(r.map_points(pts), pts).mean() < 1.0), r.metrics["mirrored"]
@@ -639,7 +678,7 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     # margin over the best *different* solution (> _DISTINCT_PX apart somewhere on the particle)
     pts = np.argwhere(fm).astype(float)
     rivals = [mi for mi, h2, _, _ in refined
-              if np.abs(_apply(h2, pts) - _apply(h, pts)).max() > _DISTINCT_PX]
+              if np.abs(apply_affine(h2, pts) - apply_affine(h, pts)).max() > _DISTINCT_PX]
     margin = float(best_mi - max(rivals)) if rivals else float("nan")
     stop = r.GetOptimizerStopConditionDescription()
     n_iter = int(r.GetOptimizerIteration())

@@ -47,18 +47,16 @@ References
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import scipy.fft as sfft
 import xarray as xr
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from . import _diskfind, _py4dstem, _validate
+from . import _diskfind, _py4dstem, _validate, geometry
 
-__all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame", "load_datacube", "save_strain",
-           "load_strain"]
+__all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame", "change_reference",
+           "reference_transform"]
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 _TEMPLATE_PATTERNS = 100  # about this many direct-beam patches are averaged into the template (probe=None)
@@ -604,7 +602,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
 
     Examples
     --------
-    >>> from chemomech import stem4d
+    >>> from chemomech.twin import stem4d
     >>> sim = stem4d.simulate_uniform(exx=0.01, eyy=-0.005, scan_shape=(2, 4), reference_columns=2,
     ...                               dose=1e5, rng=0)
     >>> res = measure_strain(sim.datacube, reference=sim.reference.values)
@@ -717,7 +715,7 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
 
     Examples
     --------
-    >>> from chemomech import stem4d
+    >>> from chemomech.twin import stem4d
     >>> sim = stem4d.simulate_uniform(scan_shape=(2, 3), reference_columns=1, dose=1e5, rng=0)
     >>> d = diagnostics(sim.datacube, patterns=[(0, 0)])
     >>> sorted(np.round(np.abs(np.linalg.det(d["basis"])) / 100).astype(int).reshape(1).tolist())
@@ -817,43 +815,79 @@ def to_crystal_frame(strain: xr.Dataset, angle_a_rad: float) -> xr.Dataset:
         raise TypeError("strain must be an xarray.Dataset with exx, eyy and exy")
     if isinstance(angle_a_rad, bool) or not isinstance(angle_a_rad, (int, float, np.integer, np.floating)):
         raise TypeError(f"angle_a_rad must be a real number (radians), got {type(angle_a_rad).__name__}")
-    c, s = np.cos(angle_a_rad), np.sin(angle_a_rad)
-    exx, eyy, exy = strain.exx, strain.eyy, strain.exy
+    eaa, ecc, eac, _ = geometry.rotate_strain(strain.exx.values, strain.eyy.values, strain.exy.values, None,
+                                             geometry.rotation_yx(float(angle_a_rad)))
     out = strain.copy()
-    out["exx"] = (c * c * exx + 2 * c * s * exy + s * s * eyy).assign_attrs(units="1", long_name="strain e_aa")
-    out["eyy"] = (s * s * exx - 2 * c * s * exy + c * c * eyy).assign_attrs(units="1", long_name="strain e_cc")
-    out["exy"] = (c * s * (eyy - exx) + (c * c - s * s) * exy).assign_attrs(
-        units="1", long_name="tensor shear e_ac")
+    out["exx"] = strain.exx.copy(data=eaa).assign_attrs(units="1", long_name="strain e_aa")
+    out["eyy"] = strain.eyy.copy(data=ecc).assign_attrs(units="1", long_name="strain e_cc")
+    out["exy"] = strain.exy.copy(data=eac).assign_attrs(units="1", long_name="tensor shear e_ac")
     out.attrs["frame"] = "crystal (x || a, y || c)"
     return out
 
 
-def load_datacube(path: str | Path) -> np.ndarray:
-    """Read a ``(y, x, ky, kx)`` datacube from ``.npy`` or a py4DSTEM HDF5 (``.h5``/``.hdf5``/``.emd``) file."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        if not path.is_file():
-            raise ValueError(f"path {str(path)!r} does not exist")
-        return _validate.array(np.load(path), name="datacube", ndim=4)
-    if suffix in (".h5", ".hdf5", ".emd"):
-        return _validate.array(_py4dstem.read_datacube(path), name="datacube", ndim=4)
-    raise ValueError(f"path must end in .npy, .h5, .hdf5 or .emd, got {path.name!r}")
+def reference_transform(reference_strain: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Scale and shift that re-express strain relative to another lattice: ``e = e_rel * scale + shift``.
+
+    Bragg-disk strain ``e_rel`` is relative to the lattice of the reference
+    region. If that lattice itself has strain ``e_ref`` relative to a lattice L
+    (for example FePO4), the strain relative to L follows from
+    ``1 + e = (1 + e_rel)(1 + e_ref)`` per crystal axis:
+    ``e = e_rel (1 + e_ref) + e_ref``. The (small) shear scales with the mean
+    of the two axial factors and is shifted by ``e_ref`` of the shear.
+
+    Parameters
+    ----------
+    reference_strain : array_like, shape (3,)
+        ``(e_aa, e_cc, e_ac)`` of the reference lattice relative to L
+        (crystal frame, tensor shear).
+
+    Returns
+    -------
+    scale, shift : numpy.ndarray, shape (3,)
+        For ``(exx, eyy, exy)`` in the crystal frame.
+
+    Examples
+    --------
+    >>> scale, shift = reference_transform([0.02, -0.01, 0.0])
+    >>> scale.tolist(), shift.tolist()
+    ([1.02, 0.99, 1.005], [0.02, -0.01, 0.0])
+    """
+    r = _validate.array(reference_strain, name="reference_strain", shape=(3,), finite=True).astype(float)
+    scale = np.array([1.0 + r[0], 1.0 + r[1], 1.0 + 0.5 * (r[0] + r[1])])
+    return scale, r.copy()
 
 
-def save_strain(strain: xr.Dataset, path: str | Path) -> None:
-    """Write a strain Dataset to NetCDF (h5netcdf engine); the mask is stored as uint8."""
-    if not isinstance(strain, xr.Dataset):
-        raise TypeError(f"strain must be an xarray.Dataset, got {type(strain).__name__}")
-    ds = strain.copy()
-    ds["mask"] = ds["mask"].astype("uint8")
-    ds.attrs = {k: (str(v) if isinstance(v, (list, dict)) else v) for k, v in ds.attrs.items()}
-    ds.to_netcdf(path, engine="h5netcdf")
+def change_reference(strain: xr.Dataset, reference_strain: ArrayLike) -> xr.Dataset:
+    """Re-express crystal-frame strain measured against a reference region relative to another lattice.
 
+    Parameters
+    ----------
+    strain : xarray.Dataset
+        ``exx`` (= e_aa), ``eyy`` (= e_cc), ``exy`` (= e_ac) in the crystal
+        frame (:func:`to_crystal_frame`), relative to the reference region.
+    reference_strain : array_like, shape (3,)
+        Strain of the reference region's lattice relative to the new lattice
+        (e.g. from :func:`chemomech.learning.reference_strain`).
 
-def load_strain(path: str | Path) -> xr.Dataset:
-    """Read a strain Dataset written by :func:`save_strain`."""
-    with xr.open_dataset(path, engine="h5netcdf") as ds:
-        out = ds.load()
-    out["mask"] = out["mask"].astype(bool)
+    Returns
+    -------
+    xarray.Dataset
+        Copy with the three components relative to the new lattice;
+        ``attrs["reference_strain"]`` records `reference_strain`.
+
+    Examples
+    --------
+    >>> s = xr.Dataset({k: (("y", "x"), [[v]]) for k, v in dict(exx=0.0, eyy=0.01, exy=0.0).items()})
+    >>> round(float(change_reference(s, [0.02, 0.0, 0.0]).exx[0, 0]), 4)
+    0.02
+    """
+    if not isinstance(strain, xr.Dataset) or not all(k in strain for k in ("exx", "eyy", "exy")):
+        raise TypeError("strain must be an xarray.Dataset with exx, eyy and exy")
+    scale, shift = reference_transform(reference_strain)
+    out = strain.copy()
+    for k, a, b in zip(("exx", "eyy", "exy"), scale, shift):
+        out[k] = (strain[k] * a + b).assign_attrs(
+            {**strain[k].attrs, "units": "1",
+             "long_name": strain[k].attrs.get("long_name", k) + " (re-referenced)"})
+    out.attrs.update(reference_strain=shift.tolist())
     return out

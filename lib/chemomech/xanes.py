@@ -22,7 +22,6 @@ own measured references with ``references=``.
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -30,11 +29,9 @@ from scipy import ndimage
 from scipy.special import voigt_profile
 
 from . import _validate
+from .materials import FE_L_EDGE_MODEL, OD_SATURATION
 
 __all__ = [
-    "FE_L_EDGE_MODEL",
-    "OD_PER_NM_LFP_708",
-    "OD_SATURATION",
     "estimate_drift",
     "fit_spectra",
     "map_lithium",
@@ -42,51 +39,11 @@ __all__ = [
     "calibration_curve",
     "predict_od",
     "principal_components",
-    "read_stack",
     "reference_spectra",
-    "write_netcdf",
 ]
 
-#: Optical density per nm of LiFePO4 at its Fe L3 peak (708 eV), 1/nm. Estimate: the
-#: X-ray attenuation length of Fe metal at the L3 white line is ≈ 17–20 nm (Nakajima,
-#: Stöhr & Idzerda, Phys. Rev. B 59, 6421 (1999)), i.e. μ ≈ 0.05–0.06 /nm at 7.87 g/cm³
-#: of Fe; LiFePO4 holds 1.27 g/cm³ of Fe, so μ ≈ 0.009 /nm. We take 0.010 /nm: ~100 nm
-#: of LiFePO4 has an OD of about 1 at 708 eV, as in STXM of LFP platelets (Lim et al.
-#: 2016).
-OD_PER_NM_LFP_708 = 0.010
-#: Optical density above which a pixel is treated as saturated (too thick: stray
-#: light and higher harmonics make OD non-linear in thickness).
-OD_SATURATION = 1.5
-
-#: The Fe L-edge reference model. Each phase has Voigt peaks ``(centre_eV, height,
-#: gaussian_fwhm_eV, lorentzian_fwhm_eV)`` (height relative to the LFP 708 eV peak),
-#: arctan edge steps ``(centre_eV, height, width_eV)`` for L3 and L2 (2:1 branching)
-#: and a non-resonant background ``pre * (E / 700 eV)**-3`` (O, P, Li and Fe M-shell
-#: absorption). Peak positions follow the literature: Fe²⁺ main L3 peak at 708 eV with
-#: a weak 706.8 eV pre-shoulder and a 710 eV shoulder; Fe³⁺ main peak at 710 eV with a
-#: 708 eV pre-peak; L2 at 721–724 eV (shared/science.md; Lim et al. 2016; Yu et al.
-#: 2018). Heights are tuned so that OD(710)/OD(708) = 0.50 for LiFePO4 and 2.12 for
-#: FePO4 (published ratios ≈ 0.5 and ≈ 2.1). The whole model is multiplied by
-#: ``scale_per_nm`` so that LiFePO4 has :data:`OD_PER_NM_LFP_708` at 708 eV; both
-#: phases share the scale (same Fe density within 7 %).
-FE_L_EDGE_MODEL = {
-    "scale_per_nm": OD_PER_NM_LFP_708 / 1.14732,
-    "LFP": {
-        "peaks": ((706.8, 0.12, 0.5, 0.5), (708.0, 1.0, 0.55, 0.55), (709.9, 0.265, 0.8, 0.8),
-                  (711.5, 0.10, 1.2, 1.0), (720.8, 0.26, 0.8, 1.2), (722.7, 0.12, 1.0, 1.5)),
-        "steps": ((708.6, 0.22, 1.0), (721.3, 0.11, 1.0)),
-        "pre": 0.07,
-    },
-    "FP": {
-        "peaks": ((708.0, 0.43, 0.55, 0.55), (710.0, 1.0, 0.6, 0.7), (711.5, 0.22, 1.0, 1.0),
-                  (722.2, 0.18, 0.8, 1.2), (723.8, 0.24, 1.0, 1.5)),
-        "steps": ((710.3, 0.22, 1.0), (722.8, 0.11, 1.0)),
-        "pre": 0.07,
-    },
-}
 _REFERENCE_GRID_EV = (690.0, 740.0, 0.05)  # start, stop, step of the tabulated references
 _PHASES = ("LFP", "FP")
-_EV_PER_JOULE = 1.0 / 1.602176634e-19
 
 
 def _quiet(func, *args, **kwargs):
@@ -127,10 +84,10 @@ def reference_spectra(energy=None) -> xr.Dataset:
     Notes
     -----
     A model, not a measurement: Voigt peaks at literature positions plus arctan
-    L3/L2 edge steps and a smooth non-resonant background (:data:`FE_L_EDGE_MODEL`),
-    scaled so that 100 nm of LiFePO4 has OD ≈ 1 at 708 eV (:data:`OD_PER_NM_LFP_708`).
+    L3/L2 edge steps and a smooth non-resonant background (:data:`chemomech.materials.FE_L_EDGE_MODEL`),
+    scaled so that 100 nm of LiFePO4 has OD ≈ 1 at 708 eV (:data:`chemomech.materials.OD_PER_NM_LFP_708`).
     :func:`map_lithium` interpolates these tabulated values linearly onto the stack
-    energies; the simulator :mod:`chemomech.ptycho` evaluates the same peak table
+    energies; the simulator :mod:`chemomech.twin.ptycho` evaluates the same peak table
     with its own code, convolved with the beamline bandwidth, so fit and simulation
     do not share a discretisation.
 
@@ -146,7 +103,7 @@ def reference_spectra(energy=None) -> xr.Dataset:
         e = np.round(np.arange(start, stop + step / 2, step), 6)
     else:
         e = _validate.array(energy, name="energy", ndim=1, dtype_kind="iuf", finite=True).astype(float)
-        _check_energies(e, name="energy")
+        _validate.energies(e, name="energy")
     data = {k: ("energy", _model_spectrum(e, k), {"units": "1/nm", "long_name": f"{k} absorption per nm"})
             for k in _PHASES}
     return xr.Dataset(
@@ -160,31 +117,6 @@ def reference_spectra(energy=None) -> xr.Dataset:
 # --- validation ---------------------------------------------------------------------
 
 
-def _check_energies(e: np.ndarray, *, name: str) -> None:
-    if e.size < 2 or np.any(np.diff(e) <= 0):
-        raise ValueError(f"{name} energies must be strictly increasing (eV); got {e[:6]}...; "
-                         "sort the stack with .sortby('energy') and drop duplicates")
-    if e.max() < 100.0:
-        raise ValueError(f"{name} energies look like keV (max {e.max():g}); give energies in eV")
-
-
-def _check_stack(stack: object) -> xr.DataArray:
-    _validate.dims(stack, ("energy", "y", "x"), name="stack")
-    if "energy" not in stack.coords:
-        raise ValueError("stack must have an 'energy' coordinate in eV")
-    e = _validate.array(stack["energy"], name="stack energy", ndim=1, dtype_kind="iuf", finite=True)
-    _check_energies(e.astype(float), name="stack")
-    if stack.sizes["energy"] < 5:
-        raise ValueError(f"stack needs at least 5 energies for a 3-parameter fit, got {stack.sizes['energy']}")
-    arr = _validate.array(stack, name="stack", ndim=3, dtype_kind="iufc")
-    finite = np.isfinite(arr).reshape(arr.shape[0], -1).any(axis=1)
-    if not finite.all():
-        bad = e[~finite]
-        raise ValueError(f"stack has frames with no finite values (all NaN) at energies {bad.tolist()} eV; "
-                         "drop them with stack.drop_sel(energy=...)")
-    return stack
-
-
 def _check_references(references: object, energy: np.ndarray) -> xr.Dataset:
     if not isinstance(references, xr.Dataset):
         raise TypeError(f"references must be an xarray.Dataset with variables LFP and FP, "
@@ -196,7 +128,7 @@ def _check_references(references: object, energy: np.ndarray) -> xr.Dataset:
         _validate.dims(references[k], ("energy",), name=f"references[{k!r}]")
     e = _validate.array(references["energy"], name="references energy", ndim=1, dtype_kind="iuf",
                         finite=True).astype(float)
-    _check_energies(e, name="references")
+    _validate.energies(e, name="references")
     lo, hi = energy.min(), energy.max()
     if e.max() < lo or e.min() > hi:
         raise ValueError(f"references cover {e.min():g}–{e.max():g} eV, which does not overlap the "
@@ -368,7 +300,7 @@ def estimate_drift(stack: xr.DataArray, *, references: xr.Dataset | None = None,
     >>> np.round(d.sel(axis="y").values, 1).tolist()
     [0.0, 0.0, 1.5, 1.5, 3.0]
     """
-    _check_stack(stack)
+    _validate.energy_stack(stack)
     sigma_px = _validate.positive(sigma_px, name="sigma_px")
     smooth_frames = _validate.positive(smooth_frames, name="smooth_frames", allow_zero=True)
     if not isinstance(upsample_factor, (int, np.integer)) or upsample_factor < 1:
@@ -531,7 +463,7 @@ def optical_density(stack: xr.DataArray, *, shifts: xr.DataArray | None = None,
     >>> round(float(optical_density(stack, background=bg)[0, 2, 3]), 3)
     0.693
     """
-    _check_stack(stack)
+    _validate.energy_stack(stack)
     L = _absorbance(stack)
     energy = stack["energy"].values.astype(float)
     if shifts is not None:
@@ -665,7 +597,7 @@ def fit_spectra(od: xr.DataArray, *, references: xr.Dataset | None = None,
     _validate.dims(od, ("energy", "y", "x"), name="od")
     _validate.choice(constraint, ("nonnegative", "sum_to_one"), name="constraint")
     energy = od["energy"].values.astype(float)
-    _check_energies(energy, name="od")
+    _validate.energies(energy, name="od")
     refs = reference_spectra() if references is None else references
     _check_references(refs, energy)
     mu = np.stack([np.interp(energy, refs["energy"].values, refs[k].values) for k in _PHASES], axis=1)
@@ -929,15 +861,16 @@ def map_lithium(stack: xr.DataArray, *, references: xr.Dataset | None = None, al
 
     Examples
     --------
-    >>> from chemomech import ptycho, specimen
-    >>> p = specimen.make_particle("demo", batch="biphasic", seed=2, semi_axes_nm=(90.0, 120.0))
+    >>> from chemomech import twin
+    >>> from chemomech.twin import ptycho
+    >>> p = twin.make_particle("demo", batch="biphasic", seed=2, semi_axes_nm=(90.0, 120.0))
     >>> stack, truth = ptycho.simulate_stack(p, shape=(40, 48), pixel_size_nm=8.0, rng=0)
     >>> res = map_lithium(stack)
     >>> err = (res.X - truth.X).where(res.mask & truth.interior)
     >>> bool(float(np.sqrt((err**2).mean())) < 0.05)
     True
     """
-    _check_stack(stack)
+    _validate.energy_stack(stack)
     if not isinstance(align, bool):
         raise TypeError(f"align must be a bool, got {type(align).__name__}")
     od_max = _validate.positive(od_max, name="od_max")
@@ -998,93 +931,3 @@ def _noise_model(od: xr.DataArray, fit: xr.Dataset, mask: np.ndarray, refs: xr.D
 # --- files ----------------------------------------------------------------------------
 
 
-def read_stack(path) -> xr.DataArray:
-    """Read an energy stack from a CXI (HDF5) ptychography file or a NetCDF file.
-
-    Parameters
-    ----------
-    path : str or pathlib.Path
-        ``.cxi``/``.h5``: one ``entry_N`` per energy, object in
-        ``entry_N/image_1/data`` (2-D, complex), photon energy in
-        ``entry_N/instrument_1/source_1/energy`` (joules, as the CXI format
-        specifies), optional pixel size ``entry_N/image_1/x_pixel_size`` and
-        ``y_pixel_size`` (m); or a single entry with a 3-D ``data`` and one energy
-        per frame. ``.nc``: a DataArray (or a Dataset with a ``stack`` variable) on
-        ``("energy", "y", "x")``. ``.npz``: a plain stack, arrays ``stack``
-        ``(energy, y, x)`` and ``energy`` (eV, increasing); coordinates are pixel indices.
-
-    Returns
-    -------
-    xarray.DataArray
-        ``(energy, y, x)`` sorted by energy, energy in eV, y/x in nm (or px).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"path {str(path)!r} does not exist")
-    if path.suffix in (".nc", ".netcdf"):
-        with xr.open_dataset(path, engine="h5netcdf") as ds:
-            var = "stack" if "stack" in ds else next(iter(ds.data_vars))
-            da = ds[var].load()
-        return _check_stack(da.sortby("energy"))
-    if path.suffix == ".npz":
-        with np.load(path) as z:
-            if "stack" not in z or "energy" not in z:
-                raise ValueError(f"{path.name} must hold arrays 'stack' (energy, y, x) and 'energy' (eV)")
-            data, e = z["stack"], z["energy"].astype(float)
-        if data.ndim != 3 or data.shape[0] != e.size:
-            raise ValueError(f"{path.name}: stack shape {data.shape} does not match {e.size} energies")
-        da = xr.DataArray(data, dims=("energy", "y", "x"), coords={
-            "energy": ("energy", e, {"units": "eV", "long_name": "photon energy"})})
-        return _check_stack(da)
-    if path.suffix not in (".cxi", ".h5", ".hdf5"):
-        raise ValueError(f"path must end in .cxi, .h5, .hdf5, .nc or .npz, got {path.suffix!r}")
-    import h5py
-
-    frames, energies, pix = [], [], None
-    with h5py.File(path, "r") as f:
-        entries = sorted((k for k in f if k.startswith("entry_")), key=lambda k: int(k.split("_")[1]))
-        if not entries:
-            raise ValueError(f"{path.name} has no entry_N groups; is it a CXI file?")
-        for name in entries:
-            g = f[name]
-            data = g["image_1/data"][()]
-            e = np.atleast_1d(g["instrument_1/source_1/energy"][()]).astype(float) * _EV_PER_JOULE
-            if data.ndim == 2:
-                data = data[None]
-            if data.shape[0] != e.size:
-                raise ValueError(f"{name}: {data.shape[0]} frames but {e.size} energies")
-            frames.append(data)
-            energies.append(e)
-            if pix is None and "x_pixel_size" in g["image_1"]:
-                pix = (float(g["image_1/y_pixel_size"][()]) * 1e9, float(g["image_1/x_pixel_size"][()]) * 1e9)
-    data = np.concatenate(frames)
-    e = np.concatenate(energies)
-    ny, nx = data.shape[1:]
-    if pix is None:
-        yc, xc, unit = np.arange(ny, dtype=float), np.arange(nx, dtype=float), "px"
-    else:
-        yc, xc, unit = np.arange(ny) * pix[0], np.arange(nx) * pix[1], "nm"
-    da = xr.DataArray(data, dims=("energy", "y", "x"), coords={
-        "energy": ("energy", e, {"units": "eV", "long_name": "photon energy"}),
-        "y": ("y", yc, {"units": unit, "long_name": "y (image rows)"}),
-        "x": ("x", xc, {"units": unit, "long_name": "x (image columns)"})},
-        attrs={"units": "1", "long_name": "object transmission", "source": path.name})
-    return _check_stack(da.sortby("energy"))
-
-
-def write_netcdf(ds: xr.Dataset, path) -> Path:
-    """Write a result Dataset (e.g. from :func:`map_lithium`) to NetCDF-4 (h5netcdf).
-
-    Array-valued attributes are kept; boolean variables are stored as int8 with
-    their dtype restored on reading by xarray. Complex data (a ptychographic stack)
-    are written with h5netcdf's ``invalid_netcdf=True``: readable by h5py, h5netcdf
-    and xarray, but not strict NetCDF-4 (h5netcdf warns). Returns the path written.
-    """
-    if not isinstance(ds, (xr.Dataset, xr.DataArray)):
-        raise TypeError(f"ds must be an xarray.Dataset or DataArray, got {type(ds).__name__}")
-    path = Path(path)
-    if path.suffix != ".nc":
-        raise ValueError(f"path must end in .nc, got {path.suffix!r}")
-    complex_ = any(np.iscomplexobj(v) for v in (ds.data_vars.values() if isinstance(ds, xr.Dataset) else [ds]))
-    ds.to_netcdf(path, engine="h5netcdf", invalid_netcdf=complex_)
-    return path

@@ -24,13 +24,10 @@ import numpy as np
 import xarray as xr
 from numpy.typing import ArrayLike
 
-from . import _validate, elasticity
+from .. import _validate, elasticity
+from ..materials import VEGARD_AA, VEGARD_CC
 
 __all__ = [
-    "LATTICE_FP_ANGSTROM",
-    "LATTICE_LFP_ANGSTROM",
-    "VEGARD_AA",
-    "VEGARD_CC",
     "BATCHES",
     "Defect",
     "EigenstrainLaw",
@@ -41,15 +38,6 @@ __all__ = [
     "particle_set",
     "vegard_law",
 ]
-
-#: Lattice parameters (a, b, c) of FePO4, Å (Padhi et al. 1997; shared/science.md).
-LATTICE_FP_ANGSTROM = (9.821, 5.792, 4.788)
-#: Lattice parameters (a, b, c) of LiFePO4, Å.
-LATTICE_LFP_ANGSTROM = (10.332, 6.010, 4.692)
-#: Vegard misfit FePO4 -> LiFePO4 along a (fraction, relative to FePO4): +5.2 %.
-VEGARD_AA = LATTICE_LFP_ANGSTROM[0] / LATTICE_FP_ANGSTROM[0] - 1.0
-#: Vegard misfit FePO4 -> LiFePO4 along c (fraction, relative to FePO4): -2.0 %.
-VEGARD_CC = LATTICE_LFP_ANGSTROM[2] / LATTICE_FP_ANGSTROM[2] - 1.0
 
 #: Composition recipes per batch: Li fraction of the two domain types, area
 #: fraction of the Li-poorer one, interface width (nm).
@@ -331,12 +319,9 @@ class Particle:
         q0 = elasticity.stiffness_ac()
         if self.stiffness == "average":
             return elasticity.rotate_stiffness(q0, self.crystal_angle_rad)
-        ts, te = elasticity._rotation_voigt(self.crystal_angle_rad)
-        tei = np.linalg.inv(te)
-
         def field_c(x, y):
             q = elasticity.stiffness_ac(self.lithium(y, x))
-            return np.moveaxis(np.einsum("ij,...jk,kl->...il", ts, q, tei), (-2, -1), (0, 1))
+            return np.moveaxis(elasticity.rotate_stiffness(q, self.crystal_angle_rad), (-2, -1), (0, 1))
 
         return field_c
 

@@ -7,9 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
-from chemomech import elasticity, specimen
+from chemomech import elasticity, twin
 
-PARTICLE = specimen.make_particle("props", batch="biphasic", seed=11, mesh_nrefs=3)
+PARTICLE = twin.make_particle("props", batch="biphasic", seed=11, mesh_nrefs=3)
 coords = st.lists(st.tuples(st.floats(-400, 400), st.floats(-400, 400)), min_size=1, max_size=30)
 
 

@@ -18,29 +18,24 @@ from the analysis (no inverse crime):
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import xarray as xr
 from scipy import ndimage
 from scipy.signal import hilbert
 
-from . import _validate
-from .specimen import Particle
-from .xanes import FE_L_EDGE_MODEL
+from .. import _validate
+from ..materials import FE_L_EDGE_MODEL, PHASE_PER_NM
+from .particle import Particle
 
 __all__ = ["BANDWIDTH_EV", "MEMBRANE_OD_700", "energy_grid", "drift_path", "model_spectra",
-           "simulate_stack", "write_cxi"]
+           "simulate_stack"]
 
 #: Beamline bandwidth (FWHM, eV): resolving power E/ΔE ≈ 5000 at 708 eV, typical of
 #: soft X-ray spectro-microscopy beamlines (e.g. ALS 5.3.2 / 7.0.1).
 BANDWIDTH_EV = 0.14
 #: OD of the 50 nm Si3N4 support membrane at 700 eV (attenuation length ≈ 0.5 µm).
 MEMBRANE_OD_700 = 0.1
-#: Phase shift per nm far from the edge, rad/nm: k·δ with δ ≈ 1e-3 at λ = 1.77 nm.
-PHASE_PER_NM = 0.0035
 _FINE_STEP_EV = 0.01
-_EV_PER_JOULE = 1.0 / 1.602176634e-19
 
 
 def energy_grid(*, fine_step_ev: float = 0.25) -> np.ndarray:
@@ -134,13 +129,13 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
                    mode: str = "ptycho", drift_px: float = 3.0, shifts=None, noise: float = 0.007,
                    counts: float = 3e4,
                    thickness_scale: float = 1.0, stray_fraction: float = 0.002,
-                   bandwidth_ev: float = BANDWIDTH_EV, supersample: int = 2,
+                   bandwidth_ev: float = BANDWIDTH_EV, supersample: int = 2, mirror: bool = False,
                    rng=None) -> tuple[xr.DataArray, xr.Dataset]:
     """Simulate an Fe L-edge energy stack of `particle` and return it with the truth.
 
     Parameters
     ----------
-    particle : chemomech.specimen.Particle
+    particle : chemomech.twin.particle.Particle
         The twin particle (thickness in nm, X in [0, 1]).
     energies : array_like, optional
         Photon energies, eV (default :func:`energy_grid`, 60 energies).
@@ -173,6 +168,10 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
         Photon-energy bandwidth (FWHM), eV.
     supersample : int
         Sub-samples per pixel and axis.
+    mirror : bool
+        Flip the image columns (as when the particle is imaged from the other
+        side of the support, relative to another instrument); the truth is
+        flipped alike.
     rng : numpy.random.Generator or int, optional
         Random source.
 
@@ -184,18 +183,21 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
         On the first frame's grid: ``X`` (thickness-weighted pixel mean, NaN outside),
         ``thickness`` (pixel mean, nm), ``mask`` (pixel centre inside), ``interior``
         (more than 3 px from the edge), ``shifts`` ``(energy, axis)`` px (frame k shows
-        the specimen displaced by ``shifts[k]``), ``flux`` (relative incident flux).
+        the specimen displaced by ``shifts[k]``), ``flux`` (relative incident flux),
+        and ``index_to_particle`` ``(i, j)``: the ``(3, 3)`` affine map from pixel
+        index ``(row, col, 1)`` to the particle's own coordinates ``(y, x)`` in nm
+        (:meth:`chemomech.twin.Particle.sample` takes those).
 
     Examples
     --------
-    >>> from chemomech import specimen
-    >>> p = specimen.make_particle("demo", batch="li_poor", seed=2, semi_axes_nm=(90.0, 120.0))
+    >>> from chemomech import twin
+    >>> p = twin.make_particle("demo", batch="li_poor", seed=2, semi_axes_nm=(90.0, 120.0))
     >>> stack, truth = simulate_stack(p, shape=(40, 48), pixel_size_nm=8.0, rng=0)
     >>> stack.dims, stack.shape, stack.dtype.kind, int(truth.mask.sum()) > 300
     (('energy', 'y', 'x'), (60, 40, 48), 'c', True)
     """
     if not isinstance(particle, Particle):
-        raise TypeError(f"particle must be a chemomech.specimen.Particle, got {type(particle).__name__}")
+        raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
     _validate.choice(mode, ("ptycho", "stxm"), name="mode")
     gen = _validate.rng(rng)
     e = energy_grid() if energies is None else _validate.array(
@@ -263,6 +265,14 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
     with np.errstate(invalid="ignore", divide="ignore"):
         x_true = np.where(centre & (tsum > 0), (t0 * li0).sum(axis=(2, 3)) / tsum, np.nan)
     interior = ndimage.distance_transform_edt(centre) > 3
+    sx = -1.0 if mirror else 1.0
+    to_particle = np.array([[p, 0.0, yc[0] - offset_nm[0]],
+                            [0.0, sx * p, sx * xc[0] - offset_nm[1]],
+                            [0.0, 0.0, 1.0]])
+    if mirror:  # column c shows the unflipped column nx - 1 - c
+        data, x_true, tsum = data[..., ::-1], x_true[:, ::-1], tsum[:, ::-1]
+        centre, interior = centre[:, ::-1], interior[:, ::-1]
+        shifts = shifts * np.array([1.0, -1.0])
     coords = {
         "y": ("y", yc, {"units": "nm", "long_name": "y (image rows)"}),
         "x": ("x", xc, {"units": "nm", "long_name": "x (image columns)"}),
@@ -281,33 +291,13 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
             "interior": (("y", "x"), interior, {"units": "1", "long_name": "more than 3 px inside the edge"}),
             "shifts": (("energy", "axis"), shifts, {"units": "px", "long_name": "drift (truth)"}),
             "flux": ("energy", flux, {"units": "1", "long_name": "relative incident flux"}),
+            "index_to_particle": (("i", "j"), to_particle,
+                                  {"units": "nm", "long_name": "affine map: pixel index -> particle (y, x)"}),
         },
         coords={"energy": ecoord, "axis": ("axis", ["y", "x"], {"long_name": "image axis"}), **coords},
         attrs={"particle": particle.name, "batch": particle.batch, "mode": mode,
-               "pixel_size_nm": p, "thickness_scale": float(thickness_scale)},
+               "pixel_size_nm": p, "thickness_scale": float(thickness_scale), "mirrored": int(bool(mirror))},
     )
     return stack, truth
 
 
-def write_cxi(stack: xr.DataArray, path) -> Path:
-    """Write a complex energy stack as a CXI file, one ``entry_N`` per energy.
-
-    Layout read by :func:`chemomech.xanes.read_stack`: ``entry_N/image_1/data``
-    (complex object), ``entry_N/instrument_1/source_1/energy`` (J) and
-    ``entry_N/image_1/x_pixel_size``/``y_pixel_size`` (m, when the coordinates are in nm).
-    """
-    import h5py
-
-    _validate.dims(stack, ("energy", "y", "x"), name="stack")
-    path = Path(path)
-    energy = stack["energy"].values.astype(float)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("cxi_version", data=150)
-        for k, ev in enumerate(energy):
-            g = f.create_group(f"entry_{k + 1}")
-            g.create_dataset("image_1/data", data=np.asarray(stack.values[k]))
-            g.create_dataset("instrument_1/source_1/energy", data=ev / _EV_PER_JOULE)
-            if stack["x"].attrs.get("units") == "nm" and stack.sizes["x"] > 1:
-                g.create_dataset("image_1/x_pixel_size", data=float(np.diff(stack["x"].values[:2])[0]) * 1e-9)
-                g.create_dataset("image_1/y_pixel_size", data=float(np.diff(stack["y"].values[:2])[0]) * 1e-9)
-    return path

@@ -1,11 +1,11 @@
-"""Tests of the 4D-STEM simulator (chemomech.stem4d): crystallography, geometry, counts."""
+"""Tests of the 4D-STEM simulator (chemomech.twin.stem4d): crystallography, geometry, counts."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from chemomech import stem4d
+from chemomech.twin import stem4d
 
 SETUP = stem4d.DiffractionSetup()
 

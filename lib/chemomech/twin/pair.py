@@ -1,7 +1,7 @@
 """Simulated pairs of modality images for correlative registration.
 
 A stand-in for the image pair of the registration chapter, generated from the
-digital twin (:mod:`chemomech.specimen`) with a *known* geometric relation:
+digital twin (:mod:`chemomech.twin.particle`) with a *known* geometric relation:
 
 - the **fixed** image is an X-ray thickness (or optical-density) map on the
   particle frame, axis-aligned, with the X-ray pixel size;
@@ -25,13 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from . import _validate
-from .specimen import Particle
+from .. import _validate
+from .particle import Particle
 
 __all__ = [
     "BF_MEAN_FREE_PATH_NM",
@@ -40,7 +39,6 @@ __all__ = [
     "random_pair_parameters",
     "simulate_pair",
     "simulate_stack_inputs",
-    "tre_trials",
 ]
 
 #: Effective attenuation length of the virtual bright-field signal in LiFePO4 at
@@ -194,7 +192,7 @@ def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pix
 
     Parameters
     ----------
-    particle : chemomech.specimen.Particle
+    particle : chemomech.twin.particle.Particle
         The twin particle.
     fixed_pixel_nm, moving_pixel_nm : float
         Pixel sizes of the X-ray map and (nominal) of the 4D-STEM scan, nm.
@@ -234,14 +232,14 @@ def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pix
 
     Examples
     --------
-    >>> from chemomech import specimen
-    >>> p = specimen.make_particle("demo", seed=2)
+    >>> from chemomech import twin
+    >>> p = twin.make_particle("demo", seed=2)
     >>> fixed, moving, truth = simulate_pair(p, rotation_rad=0.1, mirror=True, rng=0)
     >>> bool(np.linalg.det(truth.matrix[:2, :2]) < 0)
     True
     """
     if not isinstance(particle, Particle):
-        raise TypeError(f"particle must be a chemomech.specimen.Particle, got {type(particle).__name__}")
+        raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
     pf = _validate.positive(fixed_pixel_nm, name="fixed_pixel_nm")
     pm = _validate.positive(moving_pixel_nm, name="moving_pixel_nm")
     scale = _validate.positive(scale, name="scale")
@@ -398,51 +396,3 @@ def simulate_stack_inputs(particle: Particle, truth: PairTruth, fixed: xr.DataAr
          "mask": (("y", "x"), inside, {"units": "1", "long_name": "X-ray particle mask"})},
         coords=fixed.coords)
     return strain, xanes
-
-
-def tre_trials(n_cases: int = 10, *, seed: int = 1000, **register_options) -> pd.DataFrame:
-    """Register ``n_cases`` random simulated pairs and tabulate the target registration error.
-
-    An evaluation harness (it calls :func:`chemomech.registration.register` on
-    this module's simulations; the registration code never uses the
-    simulator). Case ``k`` uses a twin particle of seed ``100 + k`` (batches in
-    turn), the geometry :func:`random_pair_parameters` ``(seed + k)`` and noise
-    seed ``k``. The TRE is evaluated at every pixel of the fixed particle mask.
-
-    Parameters
-    ----------
-    n_cases : int
-        Number of seeded cases.
-    seed : int
-        Seed of the first case's geometry.
-    **register_options
-        Passed to :func:`chemomech.registration.register`.
-
-    Returns
-    -------
-    pandas.DataFrame
-        One row per case: ``contrast, mirror, rotation_deg, scale, shear,
-        tre_mean_px, tre_max_px, dice, seconds``.
-    """
-    import time
-    import warnings
-
-    from . import registration, specimen
-
-    rows = []
-    for k in range(int(n_cases)):
-        p = specimen.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
-        par = random_pair_parameters(seed + k)
-        fixed, moving, truth = simulate_pair(p, **par, rng=k)
-        t0 = time.perf_counter()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", registration.RegistrationWarning)
-            reg = registration.register(fixed.values, moving.values, **register_options)
-        dt = time.perf_counter() - t0
-        pts = np.argwhere(reg.fixed_mask).astype(float)
-        tre = truth.target_registration_error(reg.map_points(pts), pts)
-        rows.append({"contrast": par["contrast"], "mirror": par["mirror"],
-                     "rotation_deg": np.degrees(par["rotation_rad"]), "scale": par["scale"], "shear": par["shear"],
-                     "tre_mean_px": float(tre.mean()), "tre_max_px": float(tre.max()),
-                     "dice": reg.metrics["dice"], "seconds": dt})
-    return pd.DataFrame(rows).rename_axis("case")

@@ -1,4 +1,4 @@
-"""Tests of chemomech.specimen, the digital twin."""
+"""Tests of chemomech.twin, the digital twin."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from chemomech import specimen
+from chemomech import materials, twin
 
 
 @pytest.fixture(scope="module")
 def particles():
-    return specimen.particle_set()
+    return twin.particle_set()
 
 
 @pytest.fixture(scope="module")
@@ -20,22 +20,22 @@ def rendered(particles):
 
 
 def test_vegard_misfits_from_lattice_constants():
-    assert specimen.VEGARD_AA == pytest.approx(0.0520, abs=5e-4)
-    assert specimen.VEGARD_CC == pytest.approx(-0.0200, abs=5e-4)
+    assert materials.VEGARD_AA == pytest.approx(0.0520, abs=5e-4)
+    assert materials.VEGARD_CC == pytest.approx(-0.0200, abs=5e-4)
 
 
 def test_laws_vanish_at_zero_and_derivatives_match_finite_differences():
     x = np.linspace(0.05, 0.95, 7)
-    for law in (specimen.vegard_law(), specimen.nonlinear_law()):
+    for law in (twin.vegard_law(), twin.nonlinear_law()):
         assert_allclose(law([0.0]), [[0.0, 0.0]])
         fd = (law(x + 1e-6) - law(x - 1e-6)) / 2e-6
         assert_allclose(law.derivative(x), fd, rtol=1e-6)
-    nl = specimen.nonlinear_law().derivative([0.0, 1.0])
+    nl = twin.nonlinear_law().derivative([0.0, 1.0])
     assert abs(nl[0, 0] - nl[1, 0]) > 0.01  # really non-linear along a
 
 
 def test_named_set_is_reproducible_and_batches_differ(rendered):
-    again = specimen.particle_set()["P3"].render()
+    again = twin.particle_set()["P3"].render()
     assert_allclose(again.X.values, rendered["P3"].X.values, equal_nan=True)
     assert_allclose(again.exx.values, rendered["P3"].exx.values, equal_nan=True, atol=1e-12)
     mean_x = {k: float(ds.X.where(ds.mask).mean()) for k, ds in rendered.items()}
@@ -49,7 +49,7 @@ def test_named_set_is_reproducible_and_batches_differ(rendered):
         ends = hist[:2].sum() + hist[-2:].sum()
         assert ends / hist.sum() > 0.7
         assert hist[4:6].mean() < 0.25 * ends / 4
-    other = specimen.particle_set()["P4"].render(shape=rendered["P3"].X.shape)
+    other = twin.particle_set()["P4"].render(shape=rendered["P3"].X.shape)
     assert np.nanmax(np.abs(other.X.values - rendered["P3"].X.values)) > 0.5
 
 
@@ -80,8 +80,8 @@ def test_mean_strain_equals_mean_eigenstrain(particles):
 
 
 def test_eigenstrain_follows_the_injected_law_and_crystal_angle():
-    law = specimen.nonlinear_law()
-    p = specimen.make_particle("rot", batch="li_rich", seed=5, law=law, crystal_angle_rad=np.pi / 2, mesh_nrefs=3)
+    law = twin.nonlinear_law()
+    p = twin.make_particle("rot", batch="li_rich", seed=5, law=law, crystal_angle_rad=np.pi / 2, mesh_nrefs=3)
     y, x = np.array([0.0, 20.0]), np.array([10.0, -30.0])
     e = p.eigenstrain(y, x)
     lx = law(p.lithium(y, x))
@@ -92,7 +92,7 @@ def test_eigenstrain_follows_the_injected_law_and_crystal_angle():
 
 def test_defect_stands_out_in_shear(particles):
     with_d = particles["P1"].render()
-    without = specimen.particle_set(defect=False)["P1"].render()
+    without = twin.particle_set(defect=False)["P1"].render()
     diff = np.abs(with_d.exy - without.exy).where(with_d.mask)
     d = particles["P1"].defect
     near = np.hypot(with_d.y - d.center_nm[0], with_d.x - d.center_nm[1]) < 2 * d.sigma_nm
@@ -102,7 +102,7 @@ def test_defect_stands_out_in_shear(particles):
 
 @pytest.mark.slow
 def test_truth_mesh_converges_quadratically(particles):
-    conv = specimen.mesh_convergence(particles["P3"], levels=(3, 4, 5), reference=6)
+    conv = twin.mesh_convergence(particles["P3"], levels=(3, 4, 5), reference=6)
     assert np.all(np.diff(conv.rel_error.values) < 0)
     assert conv.attrs["rate"] > 1.7  # P2 elements: O(h^2) in the strain at fixed points
     assert conv.rel_error.values[-1] < 3e-3
@@ -110,14 +110,14 @@ def test_truth_mesh_converges_quadratically(particles):
 
 def test_bad_input():
     with pytest.raises(ValueError, match="batch"):
-        specimen.make_particle(batch="medium")
+        twin.make_particle(batch="medium")
     with pytest.raises(TypeError, match="law"):
-        specimen.make_particle(law=lambda x: x)
+        twin.make_particle(law=lambda x: x)
     with pytest.raises(TypeError, match="unknown option"):
-        specimen.make_particle(pixel=3)
+        twin.make_particle(pixel=3)
     with pytest.raises(TypeError, match="seed"):
-        specimen.make_particle(seed=1.5)
-    p = specimen.make_particle(seed=2, mesh_nrefs=3)
+        twin.make_particle(seed=1.5)
+    p = twin.make_particle(seed=2, mesh_nrefs=3)
     with pytest.raises(ValueError, match="pixel_size_nm"):
         p.render(pixel_size_nm=-1.0)
     with pytest.raises(ValueError, match="shape"):
@@ -125,4 +125,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="same shape"):
         p.sample(np.zeros(3), np.zeros(4))
     with pytest.raises(ValueError, match="sigma_nm"):
-        specimen.Defect(center_nm=(0, 0), sigma_nm=0.0)
+        twin.Defect(center_nm=(0, 0), sigma_nm=0.0)

@@ -1,4 +1,4 @@
-"""Tests of the energy-stack simulator chemomech.ptycho (the measurement side of chapter 3)."""
+"""Tests of the energy-stack simulator chemomech.twin.ptycho (the measurement side of chapter 3)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from chemomech import ptycho, specimen, xanes
+from chemomech import geometry, io, materials, twin, xanes
+from chemomech.twin import ptycho
 
 
 @pytest.fixture(scope="module")
 def particle():
-    return specimen.make_particle("small", batch="biphasic", seed=7, semi_axes_nm=(70.0, 100.0))
+    return twin.make_particle("small", batch="biphasic", seed=7, semi_axes_nm=(70.0, 100.0))
 
 
 def test_energy_grid_is_increasing_and_fine_across_the_white_lines():
@@ -82,7 +83,7 @@ def test_stxm_mode_gives_counts_and_saturates_thick_particles(particle):
     assert stack.dtype.kind == "f" and stack.attrs["units"] == "counts"
     assert np.all(stack.values >= 0)
     od = -np.log(stack.values / np.median(stack.values[:, ~truth.mask.values], axis=1)[:, None, None])
-    assert np.nanmax(od) > xanes.OD_SATURATION
+    assert np.nanmax(od) > materials.OD_SATURATION
 
 
 def test_simulator_drift_follows_the_shift_convention(particle):
@@ -102,8 +103,8 @@ def test_simulator_drift_follows_the_shift_convention(particle):
 def test_cxi_round_trip(tmp_path, particle):
     stack, _ = ptycho.simulate_stack(particle, energies=[700.0, 708.0, 710.0, 715.0, 720.0],
                                      shape=(20, 26), pixel_size_nm=8.0, rng=0)
-    path = ptycho.write_cxi(stack, tmp_path / "stack.cxi")
-    back = xanes.read_stack(path)
+    path = io.write_cxi(stack, tmp_path / "stack.cxi")
+    back = io.read_stack(path)
     assert_allclose(back["energy"].values, stack["energy"].values, rtol=1e-9)
     assert_allclose(back.values, stack.values)
     assert_allclose(np.diff(back["x"].values[:2]), 8.0)
@@ -118,3 +119,21 @@ def test_bad_arguments_raise(particle):
         ptycho.simulate_stack(particle, shifts=np.zeros((3, 2)))
     with pytest.raises(ValueError, match="shape"):
         ptycho.simulate_stack(particle, shape=(10,))
+
+
+def test_mirrored_stack_and_its_index_map():
+    # non-square grid, offset particle: pixel (0, 0) of a mirrored image shows the top-RIGHT corner
+    p = twin.make_particle("m", batch="li_poor", seed=2, semi_axes_nm=(6.0, 8.0), mesh_nrefs=3)
+    kw = dict(energies=np.linspace(700.0, 720.0, 5), shape=(4, 6), pixel_size_nm=2.0, offset_nm=(1.0, -3.0),
+              drift_px=0.0, noise=0.0)
+    plain, tp = ptycho.simulate_stack(p, rng=1, **kw)
+    flip, tf = ptycho.simulate_stack(p, rng=1, mirror=True, **kw)
+    a = tf["index_to_particle"].values
+    y, x = geometry.apply_affine(a, np.array([[0.0, 0.0], [0.0, 5.0]])).T
+    assert np.allclose(y, [-3.0 - 1.0, -3.0 - 1.0])
+    assert np.allclose(x, [5.0 + 3.0, -5.0 + 3.0])
+    assert np.allclose(geometry.apply_affine(tp["index_to_particle"].values, [[0.0, 0.0]]), [[-4.0, -2.0]])
+    # the mirrored stack and truth are the plain ones with their columns flipped
+    assert np.allclose(np.abs(flip.values), np.abs(plain.values[..., ::-1]))
+    assert np.array_equal(tf["mask"].values, tp["mask"].values[:, ::-1])
+    assert tf.attrs["mirrored"] == 1 and tp.attrs["mirrored"] == 0

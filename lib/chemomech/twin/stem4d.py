@@ -56,8 +56,9 @@ import xarray as xr
 from numpy.typing import ArrayLike
 from scipy.special import erfc
 
-from . import _validate
-from .specimen import LATTICE_FP_ANGSTROM, Particle
+from .. import _validate
+from ..materials import LATTICE_FP_ANGSTROM, LFP_ATOMS
+from .particle import Particle
 
 __all__ = [
     "LFP_ATOMS",
@@ -74,15 +75,6 @@ __all__ = [
     "relative_truth",
 ]
 
-#: Asymmetric unit of olivine LiFePO4 (element, x, y, z), Streltsov et al. (1993), doi:10.1107/S0108768192009467.
-LFP_ATOMS = (
-    ("Li", 0.0, 0.0, 0.0),
-    ("Fe", 0.28222, 0.25, 0.97472),
-    ("P", 0.09486, 0.25, 0.41820),
-    ("O", 0.09678, 0.25, 0.74279),
-    ("O", 0.45710, 0.25, 0.20602),
-    ("O", 0.16558, 0.04646, 0.28478),
-)
 #: General positions of Pnma (No. 62, standard setting): (sign x, sign y, sign z), translation.
 PNMA_OPERATIONS = (
     ((1, 1, 1), (0.0, 0.0, 0.0)),
@@ -517,7 +509,7 @@ def simulate_particle(particle: Particle, *, scan_shape: tuple[int, int] = (64, 
 
     Parameters
     ----------
-    particle : chemomech.specimen.Particle
+    particle : chemomech.twin.particle.Particle
         The twin; its truth strain (relative to FePO4) and thickness are sampled
         at the scan positions; its ``crystal_angle_rad`` orients the lattice.
     scan_shape : (int, int)
@@ -536,7 +528,7 @@ def simulate_particle(particle: Particle, *, scan_shape: tuple[int, int] = (64, 
         particle's ``X`` (Li fraction) added.
     """
     if not isinstance(particle, Particle):
-        raise TypeError(f"particle must be a specimen.Particle, got {type(particle).__name__}")
+        raise TypeError(f"particle must be a chemomech.twin.Particle, got {type(particle).__name__}")
     ny, nx = scan_shape
     if step_nm is None:
         ol = particle.outline()

@@ -1,0 +1,257 @@
+"""Comparisons with ground truth: error tables, registration error trials, held-out tests.
+
+The chapters and the study use these instead of re-typing "RMS error against
+truth" in every cell. This is the one analysis-side module (besides
+:mod:`chemomech.study`) that may import the digital twin (:mod:`chemomech.twin`),
+because its job is to confront measurements with the truth that the twin knows.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from numpy.typing import ArrayLike
+
+from . import _validate, geometry, registration, twin
+from .learning import EigenstrainModel, residual_rms
+from .twin import pair
+
+__all__ = ["error_table", "heldout_test", "registration_tre", "rms_error", "slope_table", "tre_trials"]
+
+
+def _values(a) -> np.ndarray:
+    return np.asarray(a.values if isinstance(a, (xr.DataArray, xr.Variable)) else a, dtype=float)
+
+
+def rms_error(measured: ArrayLike, truth: ArrayLike, *, mask: ArrayLike | None = None) -> float:
+    """Root-mean-square of ``measured - truth`` over `mask` and the pixels finite in both.
+
+    Parameters
+    ----------
+    measured, truth : array_like or xarray.DataArray
+        Same shape.
+    mask : array_like of bool, optional
+        Pixels to include (default: all).
+
+    Returns
+    -------
+    float
+        NaN when no pixel qualifies.
+
+    Examples
+    --------
+    >>> rms_error([1.0, 2.0, np.nan], [1.0, 4.0, 0.0])
+    1.4142135623730951
+    """
+    d = _difference(measured, truth, mask)
+    return float(np.sqrt(np.mean(d**2))) if d.size else float("nan")
+
+
+def _difference(measured, truth, mask) -> np.ndarray:
+    m, t = _values(measured), _values(truth)
+    if m.shape != t.shape:
+        raise ValueError(f"measured and truth must have the same shape, got {m.shape} and {t.shape}")
+    ok = np.isfinite(m) & np.isfinite(t)
+    if mask is not None:
+        ok &= _validate.mask(np.asarray(_values(mask), bool), name="mask", shape=m.shape, min_count=0)
+    return (m - t)[ok]
+
+
+def error_table(measured: xr.Dataset, truth: xr.Dataset, variables: tuple[str, ...], *,
+                mask: ArrayLike | None = None) -> pd.DataFrame:
+    """Measured-vs-truth statistics per variable: RMS, median and largest absolute error.
+
+    Parameters
+    ----------
+    measured, truth : xarray.Dataset
+        On the same grid, each holding `variables`.
+    variables : tuple of str
+        Variables to compare (e.g. ``("exx", "eyy", "exy", "theta")``).
+    mask : array_like of bool, optional
+        Pixels to include (always also finite in both).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by variable: ``rms``, ``median``, ``max_abs``, ``pixels``.
+
+    Examples
+    --------
+    >>> a = xr.Dataset({"exx": ("y", [0.0, 0.01]), "eyy": ("y", [0.0, 0.0])})
+    >>> b = xr.Dataset({"exx": ("y", [0.0, 0.0]), "eyy": ("y", [0.0, 0.0])})
+    >>> error_table(a, b, ("exx", "eyy"))["max_abs"].tolist()
+    [0.01, 0.0]
+    """
+    for name, ds in (("measured", measured), ("truth", truth)):
+        if not isinstance(ds, xr.Dataset):
+            raise TypeError(f"{name} must be an xarray.Dataset, got {type(ds).__name__}")
+        missing = [v for v in variables if v not in ds]
+        if missing:
+            raise ValueError(f"{name} lacks variables {missing}")
+    rows = {}
+    for v in variables:
+        d = _difference(measured[v], truth[v], mask)
+        rows[v] = {"rms": float(np.sqrt(np.mean(d**2))) if d.size else np.nan,
+                   "median": float(np.median(d)) if d.size else np.nan,
+                   "max_abs": float(np.abs(d).max()) if d.size else np.nan, "pixels": int(d.size)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("variable")
+
+
+def registration_tre(estimate: registration.Registration, truth: registration.Registration,
+                     points: ArrayLike) -> np.ndarray:
+    """Target registration error at fixed-image points, in fixed-image pixels.
+
+    Each point is mapped into the moving image by `estimate` and back by the
+    inverse of `truth`; the distance to where it started is the error.
+
+    Parameters
+    ----------
+    estimate, truth : chemomech.registration.Registration
+        Fixed → moving maps on the same grids.
+    points : array_like, shape (N, 2)
+        ``(row, col)`` pixel positions in the fixed image.
+
+    Returns
+    -------
+    numpy.ndarray, shape (N,)
+    """
+    pts = np.asarray(points, dtype=float)
+    back = geometry.apply_affine(np.linalg.inv(truth.matrix), estimate.map_indices(pts))
+    return np.hypot(*(back - pts).T)
+
+
+def tre_trials(n_cases: int = 10, *, seed: int = 1000, **register_options) -> pd.DataFrame:
+    """Register ``n_cases`` random simulated pairs and tabulate the target registration error.
+
+    Registers pairs from :func:`chemomech.twin.pair.simulate_pair` with
+    :func:`chemomech.registration.register` (the registration code never sees
+    the simulator). Case ``k`` uses a twin particle of seed ``100 + k`` (batches in
+    turn), the geometry :func:`chemomech.twin.pair.random_pair_parameters` ``(seed + k)`` and noise
+    seed ``k``. The TRE is evaluated at every pixel of the fixed particle mask.
+
+    Parameters
+    ----------
+    n_cases : int
+        Number of seeded cases.
+    seed : int
+        Seed of the first case's geometry.
+    **register_options
+        Passed to :func:`chemomech.registration.register`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per case: ``contrast, mirror, rotation_deg, scale, shear,
+        tre_mean_px, tre_max_px, dice, seconds``.
+    """
+    rows = []
+    for k in range(int(n_cases)):
+        p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
+        par = pair.random_pair_parameters(seed + k)
+        fixed, moving, truth = pair.simulate_pair(p, **par, rng=k)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", registration.RegistrationWarning)
+            reg = registration.register(fixed.values, moving.values, **register_options)
+        dt = time.perf_counter() - t0
+        pts = np.argwhere(reg.fixed_mask).astype(float)
+        tre = truth.target_registration_error(reg.map_points(pts), pts)
+        rows.append({"contrast": par["contrast"], "mirror": par["mirror"],
+                     "rotation_deg": np.degrees(par["rotation_rad"]), "scale": par["scale"], "shear": par["shear"],
+                     "tre_mean_px": float(tre.mean()), "tre_max_px": float(tre.max()),
+                     "dice": reg.metrics["dice"], "seconds": dt})
+    return pd.DataFrame(rows).rename_axis("case")
+
+
+def slope_table(model, law, *, at_X: float = 0.5) -> xr.Dataset:
+    """Learned slope ``d eps0/dX`` at one X against the injected law and Vegard's law.
+
+    Parameters
+    ----------
+    model : chemomech.learning.EigenstrainModel
+    law : callable with ``.derivative(X)``
+        The truth (e.g. :class:`chemomech.twin.EigenstrainLaw`).
+    at_X : float
+        Li fraction at which the slopes are compared.
+
+    Returns
+    -------
+    xarray.Dataset
+        On dim ``component`` (``aa``, ``cc``): ``learned``, ``low``/``high`` (95 %
+        bootstrap interval), ``truth``, ``literature`` (Vegard) and
+        ``rel_error`` = learned / truth − 1; ``attrs`` X and degree.
+    """
+    xs = [float(at_X)]
+    learned = model.derivative(xs)[0]
+    lo, hi = model.interval(xs)
+    truth = np.asarray(law.derivative(at_X), float)
+    lit = np.asarray(twin.vegard_law().derivative(at_X), float)
+    comp = ("component", ["aa", "cc"], {"long_name": "crystal axis"})
+    one = {"units": "1"}
+    return xr.Dataset(
+        {"learned": ("component", learned, {**one, "long_name": "learned d eps0/dX"}),
+         "low": ("component", lo[0], {**one, "long_name": "95 % bootstrap interval, low"}),
+         "high": ("component", hi[0], {**one, "long_name": "95 % bootstrap interval, high"}),
+         "truth": ("component", truth, {**one, "long_name": "injected law (truth)"}),
+         "literature": ("component", lit, {**one, "long_name": "Vegard's law (lattice parameters)"}),
+         "rel_error": ("component", learned / truth - 1.0, {**one, "long_name": "learned / truth - 1"})},
+        coords={"component": comp}, attrs={"X": float(at_X), "degree": model.degree})
+
+
+def heldout_test(model, strain: xr.Dataset, X: xr.DataArray, mask: ArrayLike, law, *,
+                 defect_center_nm: tuple[float, float] | None = None, defect_radius_nm: float | None = None,
+                 exclusion_radius_nm: float | None = None) -> dict:
+    """Test a learned law on a particle it was not trained on.
+
+    The particle's Bragg-disk strain is re-expressed relative to FePO4
+    (:meth:`chemomech.learning.EigenstrainModel.to_fepo4`), the law predicts
+    its strain from its X map, and the residual is compared with the residual
+    of the *true* law on the same data — the floor that noise in the maps sets.
+
+    Parameters
+    ----------
+    model : chemomech.learning.EigenstrainModel
+    strain : xarray.Dataset
+        Crystal-frame ``exx, eyy, exy`` of the held-out particle.
+    X : xarray.DataArray
+        Its Li map on the same grid.
+    mask : array_like of bool
+        Its pixels.
+    law : callable
+        The true law (``X -> (..., 2)``).
+    defect_center_nm, defect_radius_nm : optional
+        A known defect: the RMS values away from it exclude a disk of
+        `exclusion_radius_nm` around the centre, and ``defect_rms`` is taken
+        within `defect_radius_nm`.
+    exclusion_radius_nm : float, optional
+        Radius excluded around the defect (default: 6 × `defect_radius_nm`).
+
+    Returns
+    -------
+    dict
+        ``measured`` (strain relative to FePO4), ``predicted``, ``residual``,
+        ``oracle`` (residual of the true law) Datasets, ``reference_strain``,
+        ``strain_rms`` and ``noise_rms`` (away from a defect) and, with a
+        defect, ``defect_rms`` and ``defect_center_nm``.
+    """
+    measured = model.to_fepo4(strain, X, mask)
+    residual = model.residual(measured, X, mask)
+    oracle = EigenstrainModel.from_law(law, 1).residual(measured, X, mask)
+    out = {"predicted": model.predict_strain(X, mask), "residual": residual, "oracle": oracle,
+           "measured": measured, "reference_strain": np.asarray(measured.attrs["reference_strain"], float)}
+    if defect_center_nm is not None:
+        centre = (float(defect_center_nm[0]), float(defect_center_nm[1]))
+        radius = _validate.positive(defect_radius_nm, name="defect_radius_nm")
+        far = {"center_nm": centre, "radius_nm": exclusion_radius_nm or 6.0 * radius}
+        out["defect_center_nm"] = centre
+        out["strain_rms"] = residual_rms(residual, **far)
+        out["noise_rms"] = residual_rms(oracle, **far)
+        out["defect_rms"] = residual_rms(residual, center_nm=centre, radius_nm=radius, inside=True)
+    else:
+        out["strain_rms"] = residual_rms(residual)
+        out["noise_rms"] = residual_rms(oracle)
+    return out
