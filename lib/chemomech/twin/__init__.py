@@ -17,31 +17,6 @@ the analysis is always tested against code that it did not shape.
 from __future__ import annotations
 
 from . import noise, pair, particle, ptycho, stem4d
-from .particle import (
-    BATCHES,
-    Defect,
-    EigenstrainLaw,
-    Particle,
-    make_particle,
-    mesh_convergence,
-    nonlinear_law,
-    particle_set,
-    vegard_law,
-)
+from .particle import *  # noqa: F403  (make_particle, particle_set, Particle, laws, ...)
 
-__all__ = [
-    "BATCHES",
-    "Defect",
-    "EigenstrainLaw",
-    "Particle",
-    "make_particle",
-    "mesh_convergence",
-    "noise",
-    "nonlinear_law",
-    "pair",
-    "particle",
-    "particle_set",
-    "ptycho",
-    "stem4d",
-    "vegard_law",
-]
+__all__ = [*particle.__all__, "noise", "pair", "particle", "ptycho", "stem4d"]
