@@ -112,9 +112,10 @@ def test_uniform_eigenstrain_in_free_body():
     assert r["stress_relative"] < 1e-8  # issue 3 acceptance
 
 
-def test_eshelby_inclusion_within_two_percent():
+def test_eshelby_inclusion_within_a_tenth_of_a_percent():
     r = el.check_eshelby(nrefs=5)
-    assert r["rel_error_mean"] < 0.02 and r["rel_error_rms"] < 0.02  # issue 3 acceptance
+    # the book claims "better than 0.1 %" (measured: 1.7e-4 mean, 6.2e-4 RMS over 400 points)
+    assert r["rel_error_mean"] < 1e-3 and r["rel_error_rms"] < 1e-3
     # the constrained inclusion strains less than the free eigenstrain
     assert r["fem_mean"] < 0.01
 
