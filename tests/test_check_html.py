@@ -51,6 +51,8 @@ def site(tmp_path_factory) -> Path:
         "traceback.html": _page("Traceback", "<div class='cell_output'><pre>Traceback (most recent call last):\n"
                                 "ValueError: boom</pre></div>"),
         "warning.html": _page("Warning", "<div class='cell_output'><pre>RuntimeWarning: invalid value</pre></div>"),
+        "redirect.html": _page("Redirect", "", "<meta http-equiv='refresh' content='0; url=index.html'>"),
+        "dead_redirect.html": _page("Redirect", "", "<meta http-equiv='refresh' content='0; url=gone.html'>"),
     }
     for name, html in pages.items():
         (root / name).write_text(html)
@@ -63,7 +65,7 @@ def found(site):
 
 
 def test_good_page_passes_and_is_typeset(found):
-    assert "index.html" not in found
+    assert "index.html" not in found and "redirect.html" not in found
 
 
 @pytest.mark.parametrize("page, expected", [
@@ -74,6 +76,7 @@ def test_good_page_passes_and_is_typeset(found):
     ("raw_tex.html", "equation not typeset"),
     ("traceback.html", "Traceback"),
     ("warning.html", "RuntimeWarning:"),
+    ("dead_redirect.html", "redirects to a missing page"),
 ])
 def test_each_fault_is_reported(found, page, expected):
     assert any(expected in msg for msg in found.get(page, [])), found.get(page)
@@ -81,4 +84,5 @@ def test_each_fault_is_reported(found, page, expected):
 
 def test_a_screenshot_per_page(site, found):
     shots = sorted(p.name for p in (site.parent / "screens").glob("*.png"))
-    assert len(shots) == len(check_html.pages(site)) and "index.png" in shots
+    redirects = sum(check_html.redirect_target(p) is not None for p in check_html.pages(site))
+    assert len(shots) == len(check_html.pages(site)) - redirects and "index.png" in shots

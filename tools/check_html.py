@@ -112,6 +112,15 @@ def problems(page: Path, dom: str) -> list[str]:
     return out
 
 
+_REFRESH = re.compile(r"<meta[^>]+http-equiv=[\"']refresh[\"'][^>]+url=([^\"'>]+)", re.I)
+
+
+def redirect_target(page: Path) -> Path | None:
+    """The page a redirect-only page (``<meta http-equiv="refresh">``) points to, else None."""
+    match = _REFRESH.search(page.read_text(errors="replace")[:4000])
+    return None if match is None else (page.parent / unquote(match.group(1).strip())).resolve()
+
+
 def check_site(root: Path, *, screens: Path | None = None, workers: int = 2) -> dict[str, list[str]]:
     """Render and check every page under `root`; ``{page: [problems]}`` for the pages that fail."""
     browser = chromium()
@@ -123,6 +132,9 @@ def check_site(root: Path, *, screens: Path | None = None, workers: int = 2) -> 
     def one(item):
         k, page = item
         rel = page.relative_to(root)
+        target = redirect_target(page)
+        if target is not None:   # a redirect (the site's root index): its target must exist, it is checked itself
+            return str(rel), [] if target.is_file() else [f"redirects to a missing page: {target.name}"]
         shot = None if screens is None else screens / rel.with_suffix(".png")
         dom = render(browser, page, screenshot=shot, profile=profiles / str(k % workers))
         return str(rel), problems(page, dom)
