@@ -208,7 +208,7 @@ def test_every_reader_names_the_file_for_every_flaw(kind, flaw, tmp_path):
     assert str(bad) in str(err), str(err)  # names the file
     assert "expected" in str(err) or "must" in str(err), str(err)  # says what was expected
     if flaw == "missing":
-        assert isinstance(err, FileNotFoundError)
+        assert isinstance(err, FileNotFoundError) and isinstance(err, ValueError)  # bad input, as in the API
     else:
         assert isinstance(err, io.FileFormatError if flaw != "layout" or kind != "read_stack.nc" else ValueError)
         # no third-party exception escapes on its own: it is chained, never the error raised

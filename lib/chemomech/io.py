@@ -16,8 +16,9 @@ chunk size.
 
 zarr stores need the optional ``zarr`` package; HDF5 needs ``h5py``.
 
-Files that cannot be read: every reader raises ``FileNotFoundError`` for a
-missing file and :class:`FileFormatError` (a ``ValueError``) for one that is
+Files that cannot be read: every reader raises :class:`MissingFileError` (a
+``FileNotFoundError`` that is also a ``ValueError``, as bad input is in this
+package) for a missing file and :class:`FileFormatError` (a ``ValueError``) for one that is
 empty, truncated, of another format (a text file or an image renamed ``.h5``)
 or laid out differently than the reader expects (no 4-D dataset, no
 ``entry_N/image_1/data``, a missing variable). The message names the file and
@@ -40,6 +41,7 @@ from . import _validate
 
 __all__ = [
     "FileFormatError",
+    "MissingFileError",
     "open_datacube",
     "save_datacube",
     "load_datacube",
@@ -81,6 +83,14 @@ class FileFormatError(ValueError):
     """
 
 
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file to read does not exist.
+
+    Both a ``FileNotFoundError`` and, as any bad input to this package, a
+    ``ValueError``; the message names the file and says what was expected there.
+    """
+
+
 def _looks_like(head: bytes) -> str:
     """A guess at what a file is from its first bytes, for error messages."""
     known = ((_HDF5_SIGNATURE, "an HDF5 file"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
@@ -110,13 +120,13 @@ def _hdf5_signature(p: Path, size: int) -> bool:
 
 
 def _check_file(path: Path, *, expected: str, signature: str | None = None) -> Path:
-    """Raise FileNotFoundError (missing) or FileFormatError (a folder, empty, no signature of the format).
+    """Raise MissingFileError (missing) or FileFormatError (a folder, empty, no signature of the format).
 
     `signature` is one of ``"hdf5"``, ``"npy"``, ``"npz"``, ``"netcdf"`` or None (no check).
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"file {str(p)!r} does not exist (expected {expected})")
+        raise MissingFileError(f"file {str(p)!r} does not exist (expected {expected})")
     if not p.is_file():
         raise FileFormatError(f"{str(p)!r} is a folder, not a file; expected {expected}")
     size = p.stat().st_size
@@ -156,7 +166,7 @@ def _reading(path, expected: str):
     """Turn any error raised while reading `path` into one FileFormatError naming the file."""
     try:
         yield
-    except (FileFormatError, FileNotFoundError, ImportError, MemoryError):
+    except (FileFormatError, MissingFileError, ImportError, MemoryError):
         raise
     except Exception as err:
         raise FileFormatError(f"cannot read {str(path)!r}: {_reason(err)}; expected {expected}") from err
@@ -237,8 +247,8 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     ValueError
         Unknown file suffix, bad `chunk_rows`.
     FileFormatError
@@ -267,7 +277,7 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
     p = Path(path)
     expected = "a 4D-STEM datacube (ny, nx, ky, kx) in an HDF5 file or a zarr store"
     if not p.exists():
-        raise FileNotFoundError(f"path {str(p)!r} does not exist (expected {expected})")
+        raise MissingFileError(f"path {str(p)!r} does not exist (expected {expected})")
     if p.is_dir() or p.suffix.lower() == ".zarr":
         src = _open_zarr(p, dataset)
     else:
@@ -408,8 +418,8 @@ def load_datacube(path: str | Path) -> np.ndarray:
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     FileFormatError
         The file is empty, truncated, of another format or holds no 4-D array.
 
@@ -545,8 +555,8 @@ def load_netcdf(path: str | os.PathLike) -> xr.Dataset:
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     FileFormatError
         The file is empty, truncated or not NetCDF.
     """
@@ -582,8 +592,8 @@ def load_stack(path: str | os.PathLike) -> xr.Dataset:
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     FileFormatError
         The file is empty, truncated, not NetCDF, or lacks a variable of a correlated stack.
     """
@@ -622,8 +632,8 @@ def read_stack(path) -> xr.DataArray:
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     FileFormatError
         The file is empty, truncated, of another format, or not laid out as above.
     """
