@@ -287,3 +287,20 @@ def test_netcdf3_files_are_read(tmp_path):
     ds = xr.Dataset({"X": (("y", "x"), np.arange(6.0).reshape(2, 3))})
     ds.to_netcdf(tmp_path / "classic.nc", engine="scipy")  # a NetCDF-3 file from elsewhere
     np.testing.assert_array_equal(io.load_netcdf(tmp_path / "classic.nc").X.values, ds.X.values)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=30, deadline=None)
+@given(kind=st.sampled_from(READERS), cut=st.floats(0.0, 0.999))
+def test_property_a_file_cut_anywhere_gives_our_error(kind, cut, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cut")
+    reader, good = _valid(kind, folder)
+    data = good.read_bytes()
+    bad = folder / f"cut{good.suffix}"
+    bad.write_bytes(data[:int(cut * len(data))])
+    with pytest.raises(io.FileFormatError) as info:  # never h5py's, numpy's or zipfile's own exception
+        reader(bad)
+    assert str(bad) in str(info.value)
