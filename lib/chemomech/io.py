@@ -598,9 +598,12 @@ def load_stack(path: str | os.PathLike) -> xr.Dataset:
         The file is empty, truncated, not NetCDF, or lacks a variable of a correlated stack.
     """
     ds = load_netcdf(path)
-    with _reading(path, "a correlated stack (chemomech.io.save_stack: "
-                        f"{', '.join(_validate.STACK_VARIABLES)} on (y, x))"):
-        return _validate.correlated_stack(ds, name=f"file {os.fspath(path)!r}")
+    missing = [k for k in _validate.STACK_VARIABLES if k not in ds]
+    if missing:
+        raise FileFormatError(f"{os.fspath(path)!r} is not a correlated stack: it lacks {missing}; expected a "
+                              f"NetCDF file from chemomech.io.save_stack with {', '.join(_validate.STACK_VARIABLES)} "
+                              "on (y, x)")
+    return _validate.correlated_stack(ds, name=f"file {os.fspath(path)!r}")
 
 
 # --- energy stacks -----------------------------------------------------------------------------
