@@ -211,7 +211,7 @@ def _particle_name(*objs, default: str) -> str:
 
 
 def _resolve_mask(strain: xr.Dataset | None, X: xr.DataArray, mask, *, xname: str, mname: str,
-                  particle: str = "", warn: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  particle: str = "") -> tuple[np.ndarray, np.ndarray]:
     """The particle's body (FEM mesh) and the pixels with finite data to fit inside it.
 
     With `mask` the body is the mask; without, the finite pixels with enclosed
@@ -241,7 +241,7 @@ def _resolve_mask(strain: xr.Dataset | None, X: xr.DataArray, mask, *, xname: st
         raise ValueError(f"{mname}{who}: all {n_body} pixels have a non-finite strain or {xname} (NaN or inf); "
                          "there is nothing to fit")
     _validate.mask(body, name=mname, min_count=1)
-    if warn and n_fit < n_body:
+    if n_fit < n_body:
         import warnings
 
         warnings.warn(f"{mname}{who}: {n_body - n_fit} of {n_body} pixels have a non-finite strain or {xname} "
@@ -919,7 +919,12 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     X : xarray.DataArray or sequence of DataArray
         Li fraction on the same grid(s), in [0, 1] inside the mask.
     mask : array_like of bool or sequence, optional
-        Particle pixels (one edge-connected piece each); default: finite in both.
+        Particle pixels (one edge-connected piece each); default: finite in
+        both, enclosed holes filled. Pixels of a mask whose strain or X is not
+        finite (lost frames, a failed X region) are left out of the fit with a
+        :class:`DataWarning` giving their number and the particle, and stay in
+        the finite-element body with X interpolated there; a ``ValueError`` is
+        raised only when too few pixels remain.
     degree : int, optional
         Polynomial degree; ``None`` selects it in ``1 .. max_degree`` by
         cross-validation (leave-one-particle-out with ≥ 3 particles, otherwise
@@ -1289,6 +1294,8 @@ def naive_regression(strain, X, *, mask=None) -> xr.Dataset:
     X : xarray.DataArray or sequence
         Li fraction on the same grid(s); noisy values outside [0, 1] are allowed.
     mask : array_like of bool or sequence, optional
+        Pixels to use; default: where exx, eyy and X are finite. Non-finite
+        pixels inside a mask are left out with a :class:`DataWarning` (how many, which particle).
 
     Returns
     -------
