@@ -6,6 +6,13 @@ and writes its figures (PNG and PDF), the correlated stacks (NetCDF) and
 place only when complete, so a failed run leaves nothing half-written.
 
 Exit codes: 0 success, 1 the study failed, 2 bad command-line arguments.
+
+A failure inside the study is reported as one line naming the stage and the
+particle it happened in, e.g. ``python -m chemomech: error: the study failed in
+stage "2/6 X-ray: simulate + map X", particle P3 (ValueError: ...); nothing was
+written to 'out'``. Pixels that a stage had to leave out of a particle
+(:class:`chemomech.learning.DataWarning`) are reported as warning lines, also
+naming the stage and particle; other warnings are silenced.
 """
 
 from __future__ import annotations
@@ -115,8 +122,42 @@ def write_outputs(result, out_dir: str | os.PathLike, *, budget=None,
 
 
 def _fail(msg: str, code: int) -> int:
-    print(f"python -m chemomech: error: {msg}", file=sys.stderr)
+    print(f"python -m chemomech: error: {_one_line(msg)}", file=sys.stderr)
     return code
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def where(step: dict | None) -> str:
+    """Words for a :data:`chemomech.study.current_step`: ``'in stage "3/6 register", particle P2'``.
+
+    Examples
+    --------
+    >>> where({"stage": "3/6 register", "item": "P2"})
+    'in stage "3/6 register", particle P2'
+    >>> where({"stage": "error budget: stages -> truth", "item": ("strain", "X")})
+    'in stage "error budget: stages -> truth", variant strain+X'
+    >>> where({"stage": None, "item": None})
+    ''
+    """
+    if not step or step.get("stage") is None:
+        return ""
+    stage, item = step["stage"], step.get("item")
+    if isinstance(item, str) and item[:1] == "P" and item[1:].isdigit():
+        return f'in stage "{stage}", particle {item}'
+    if isinstance(item, tuple):
+        return f'in stage "{stage}", variant {"+".join(map(str, item))}'
+    return f'in stage "{stage}"'
+
+
+def _failure(err: BaseException, step: dict | None, out: Path) -> str:
+    """One line: where the study failed, the error, and that nothing was written."""
+    place = where(step)
+    place = f" {place}" if place else ""
+    return (f"the study failed{place} ({type(err).__name__}: {_one_line(err) or 'no message'}); "
+            f"nothing was written to {str(out)!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,18 +182,34 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = not args.no_progress
     config = study.StudyConfig.quick(seed=args.seed) if args.quick else study.StudyConfig.full(seed=args.seed)
+    from .learning import DataWarning
+
     t0 = time.perf_counter()
+    notes = []
+
+    def note(message, category, *_args, **_kw):  # a data warning, with where it happened, printed once
+        place = where(study.current_step)
+        line = _one_line(f"{place}: {message}" if place else message)
+        if line not in notes:
+            notes.append(line)
+            print(f"python -m chemomech: warning: {line}", file=sys.stderr)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("always", DataWarning)
+            warnings.showwarning = note
             result = study.run_study(config, progress=progress)
             budget = None if args.no_budget else study.error_budget(result, progress=progress)
+            study.current_step.update(stage="write outputs", item=None)
             path = write_outputs(result, out, budget=budget, seconds=time.perf_counter() - t0,
-                                       overwrite=args.force)
+                                 overwrite=args.force)
+            study.current_step.update(stage=None, item=None)
     except KeyboardInterrupt:
-        return _fail("interrupted; nothing was written", 1)
+        place = where(study.current_step)
+        return _fail(f"interrupted{' ' + place if place else ''}; nothing was written", 1)
     except Exception as err:  # report any failure as one clear line, nothing half-written
-        return _fail(f"the study failed ({type(err).__name__}: {err}); nothing was written to {str(out)!r}", 1)
+        return _fail(_failure(err, dict(study.current_step), out), 1)
     sl = result.slopes
     print(f"learned d eps0/dX at X = {study.SLOPE_X}: aa {float(sl.learned[0]):+.4f} "
           f"(truth {float(sl.truth[0]):+.4f}), cc {float(sl.learned[1]):+.4f} (truth {float(sl.truth[1]):+.4f}); "
