@@ -1,0 +1,1 @@
+"""The digital twin: simulators that make ground truth."""
