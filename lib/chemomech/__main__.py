@@ -1,9 +1,20 @@
-"""Command line: ``python -m chemomech reproduce [--quick] --out DIR [--seed N] [--force]``.
+"""Command line of chemomech.
 
-Runs the end-to-end study of the book (:mod:`chemomech.study`) outside the book
-and writes its figures (PNG and PDF), the correlated stacks (NetCDF) and
-``DIR/summary.json``. Output is written to a temporary folder and moved into
-place only when complete, so a failed run leaves nothing half-written.
+``python -m chemomech reproduce [--quick] --out DIR [--seed N] [--force]`` runs
+the end-to-end study of the book (:mod:`chemomech.study`) outside the book and
+writes its figures (PNG and PDF), the correlated stacks (NetCDF) and
+``DIR/summary.json``.
+
+``python -m chemomech learn FILE [FILE ...] --out DIR [--force]`` learns the
+composition–eigenstrain law from correlated stacks: the package's own NetCDF
+stacks (:func:`chemomech.io.save_stack`) or MATLAB files in the layout Deng et
+al. published (:func:`chemomech.io.read_published_stack`). Each stack is turned
+onto a grid aligned with the crystal (:func:`chemomech.correlate.align_to_crystal`),
+the strain re-referenced to FePO4 and the law fitted with a cross-validated
+degree and bootstrap intervals (``fit_eigenstrain(..., reference="fepo4")``).
+
+Both write into a temporary folder and move it into place only when complete,
+so a failed run leaves nothing half-written.
 
 Exit codes: 0 success, 1 the study failed, 2 bad command-line arguments.
 
@@ -43,6 +54,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace DIR if it exists")
     r.add_argument("--no-budget", action="store_true", help="skip the error budget (three extra fits)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    m = sub.add_parser("learn", help="learn the eigenstrain law from correlated stacks (.nc or published .mat)",
+                       description="Read correlated stacks, align them with the crystal, re-reference the strain "
+                                   "to FePO4, learn eps0(X) with cross-validated degree and bootstrap intervals, "
+                                   "and write summary.json, figures and the fitted model to DIR.")
+    m.add_argument("files", nargs="+", metavar="FILE", help="correlated stacks: .nc (chemomech) or .mat (published)")
+    m.add_argument("--out", required=True, metavar="DIR", help="output folder (must not exist unless --force)")
+    m.add_argument("--force", action="store_true", help="replace DIR if it exists")
+    m.add_argument("--max-degree", type=int, default=3, metavar="N", help="highest degree tried (default 3)")
+    m.add_argument("--n-boot", type=int, default=200, metavar="N", help="bootstrap replicates (default 200)")
+    m.add_argument("--seed", type=int, default=0, metavar="N", help="seed of CV folds and bootstrap (default 0)")
     return p
 
 
@@ -83,14 +104,8 @@ def write_outputs(result, out_dir: str | os.PathLike, *, budget=None,
 
     if not isinstance(result, study.StudyResult):
         raise TypeError(f"result must be a StudyResult, got {type(result).__name__}")
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"out_dir {str(out)!r} exists; choose a new folder or allow overwriting")
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         figs = {
             "fig1_gallery": plotting.study_gallery(result),
             "fig2_correlated_maps": plotting.study_correlated_maps(result),
@@ -108,6 +123,21 @@ def write_outputs(result, out_dir: str | os.PathLike, *, budget=None,
         summary = study.summary_dict(result, budget, seconds=seconds)
         summary["files"] = sorted(files) + ["summary.json"]
         (tmp / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+
+    return _write_folder(out_dir, fill, overwrite=overwrite)
+
+
+def _write_folder(out_dir: str | os.PathLike, fill, *, overwrite: bool) -> Path:
+    """Call ``fill(tmp)`` on a temporary folder beside `out_dir`, then move it into place (atomically)."""
+    out = Path(out_dir).expanduser().resolve()
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"out_dir {str(out)!r} exists; choose a new folder or allow overwriting")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"out_dir {str(out)!r} exists and is not a folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        fill(tmp)
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -119,6 +149,93 @@ def write_outputs(result, out_dir: str | os.PathLike, *, budget=None,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+#: Li fraction at which `learn` reports the slope, and the range of its mean slope.
+LEARN_SLOPE_X = 0.5
+LEARN_MEAN_RANGE = (0.2, 0.8)
+
+
+def read_stacks(paths) -> list:
+    """Correlated stacks from files: ``.nc`` (:func:`chemomech.io.load_stack`) or published ``.mat``."""
+    from . import io
+
+    stacks = []
+    for raw in paths:
+        p = Path(raw)
+        if p.suffix.lower() == ".mat":
+            stack = io.read_published_stack(p)
+        elif p.suffix.lower() == ".nc":
+            stack = io.load_stack(p)
+            if "crystal_angle_rad" not in stack.attrs:
+                raise io.FileFormatError(f"{str(p)!r} has no crystal_angle_rad attribute; expected a stack whose "
+                                         "strain is in the crystal frame (correlate(..., crystal_angle_rad=...))")
+        else:
+            raise io.FileFormatError(f"{str(p)!r}: expected a .nc (chemomech) or .mat (published layout) stack")
+        name = str(stack.attrs.get("particle") or stack.attrs.get("source") or p.stem)
+        stacks.append(stack.assign_attrs(particle=f"{name} [{len(stacks)}]" if any(
+            s.attrs["particle"] == name for s in stacks) else name))
+    return stacks
+
+
+def learn(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
+    """The learning that ``python -m chemomech learn`` runs: align, re-reference to FePO4, fit.
+
+    Returns
+    -------
+    (model, aligned stacks, summary dict)
+    """
+    import numpy as np
+
+    from . import correlate, learning
+
+    aligned = [correlate.align_to_crystal(s) for s in stacks]
+    sig = np.concatenate([s["X_sigma"].values[s["mask"].values] for s in aligned])
+    sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
+    model = learning.fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
+                                     mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
+                                     max_degree=max_degree, n_boot=n_boot, rng=seed)
+    lo, hi = model.interval([LEARN_SLOPE_X])
+    slope = model.derivative([LEARN_SLOPE_X])[0]
+    mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
+    comps = ("aa", "cc")
+    summary = {
+        "slopes": {c: float(v) for c, v in zip(comps, slope)},
+        "slope_interval": {c: [float(lo[0][i]), float(hi[0][i])] for i, c in enumerate(comps)},
+        "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
+        "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
+        "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
+        "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
+        "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
+        "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
+    }
+    return model, aligned, summary
+
+
+def write_learned(model, aligned, summary: dict, out_dir, *, overwrite: bool = False) -> Path:
+    """Write ``summary.json``, the figures and the fitted model of :func:`learn` (atomically)."""
+    from . import io, plotting, strain
+
+    def fill(tmp: Path) -> None:
+        files = _save_figure(plotting.learned_law(model), tmp, "learned_law")
+        for s in aligned:
+            name = s.attrs["particle"]
+            measured = strain.change_reference(s[["exx", "eyy", "exy"]], model.reference_strain[name])
+            mask = s["mask"].values
+            fig = plotting.strain_residual_maps(measured, model.predict_strain(s["X"], mask),
+                                                model.residual(measured, s["X"], mask))
+            files += _save_figure(fig, tmp, f"residuals_{_safe(name)}")
+        io.save_netcdf(model.summary(), tmp / "model.nc")
+        files.append("model.nc")
+        body = dict(summary, coef={c: [float(x) for x in row] for c, row in zip(("aa", "cc"), model.coef)},
+                    files=sorted(files) + ["summary.json"])
+        (tmp / "summary.json").write_text(json.dumps(body, indent=2, allow_nan=False) + "\n")
+
+    return _write_folder(out_dir, fill, overwrite=overwrite)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def _fail(msg: str, code: int) -> int:
@@ -160,24 +277,55 @@ def _failure(err: BaseException, step: dict | None, out: Path) -> str:
             f"nothing was written to {str(out)!r}")
 
 
+def _check_out(args) -> str | None:
+    """The reason `--out` cannot be used, or None."""
+    out = Path(args.out).expanduser()
+    if args.seed < 0:
+        return f"--seed must be a non-negative integer, got {args.seed}"
+    if out.exists() and not args.force:
+        return f"--out {str(out)!r} exists; choose a new folder or pass --force to replace it"
+    if out.exists() and not out.is_dir():
+        return f"--out {str(out)!r} exists and is not a folder"
+    parent = out.resolve().parent
+    if parent.exists() and not os.access(parent, os.W_OK):
+        return f"cannot write into {str(parent)!r} (permission denied)"
+    return None
+
+
+def _main_learn(args) -> int:
+    out = Path(args.out).expanduser()
+    if args.max_degree < 1 or args.n_boot < 2:
+        return _fail(f"--max-degree must be >= 1 and --n-boot >= 2, got {args.max_degree} and {args.n_boot}", 2)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            stacks = read_stacks(args.files)
+            model, aligned, summary = learn(stacks, max_degree=args.max_degree, n_boot=args.n_boot, seed=args.seed)
+            path = write_learned(model, aligned, summary, out, overwrite=args.force)
+    except KeyboardInterrupt:
+        return _fail("interrupted; nothing was written", 1)
+    except Exception as err:  # one clear line, nothing half-written
+        return _fail(f"learning failed ({type(err).__name__}: {_one_line(err) or 'no message'}); "
+                     f"nothing was written to {str(out)!r}", 1)
+    sl = summary["slopes"]
+    print(f"learned d eps0/dX at X = {LEARN_SLOPE_X}: aa {sl['aa']:+.4f}, cc {sl['cc']:+.4f} "
+          f"(degree {summary['degree']}, {summary['pixels']} pixels); outputs in {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = _parser().parse_args(argv)
-    if args.command != "reproduce":
+    if args.command not in ("reproduce", "learn"):
         _parser().print_help(sys.stderr)
         return 2
+    problem = _check_out(args)
+    if problem:
+        return _fail(problem, 2)
     out = Path(args.out).expanduser()
-    if args.seed < 0:
-        return _fail(f"--seed must be a non-negative integer, got {args.seed}", 2)
-    if out.exists() and not args.force:
-        return _fail(f"--out {str(out)!r} exists; choose a new folder or pass --force to replace it", 2)
-    if out.exists() and not out.is_dir():
-        return _fail(f"--out {str(out)!r} exists and is not a folder", 2)
-    parent = out.resolve().parent
-    if parent.exists() and not os.access(parent, os.W_OK):
-        return _fail(f"cannot write into {str(parent)!r} (permission denied)", 2)
-
     os.environ.setdefault("MPLBACKEND", "Agg")
+    if args.command == "learn":
+        return _main_learn(args)
     from . import study
 
     progress = not args.no_progress

@@ -122,6 +122,7 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
     out = _resample(strain, xanes, registration)
     if crystal_angle_rad is not None:
         out = strain_module.to_crystal_frame(out, float(crystal_angle_rad))
+        out.attrs["crystal_angle_rad"] = float(crystal_angle_rad)
     if match_resolution:
         out = _match_resolution(out, xanes["X"], registration)
     return out

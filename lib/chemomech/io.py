@@ -51,6 +51,7 @@ __all__ = [
     "load_netcdf",
     "save_stack",
     "load_stack",
+    "read_published_stack",
 ]
 
 CHUNK_TARGET_MIB = 32.0  # default chunk size, MiB of patterns (whole scan rows)
@@ -170,6 +171,121 @@ def _reading(path, expected: str):
         raise
     except Exception as err:
         raise FileFormatError(f"cannot read {str(path)!r}: {_reason(err)}; expected {expected}") from err
+
+
+_PUBLISHED = ("a MATLAB file (v5 or v7.3) in the layout Deng et al. (2022) published: 2-D exx, eyy, exy, theta "
+              "(crystal-frame strain), mask, LFP and FP (fitted thicknesses) on one grid, scalar rot (angle of "
+              "the a axis in the image, rad); optional HAADF, VADF, VBF, filename")
+_PUBLISHED_MAPS = ("exx", "eyy", "exy", "theta", "mask", "LFP", "FP")
+_PUBLISHED_IMAGES = ("HAADF", "VADF", "VBF")
+
+
+def _read_mat(p: Path) -> dict:
+    """Variables of a MATLAB file as numpy arrays (v7.3 = HDF5 read with h5py, transposed to row order)."""
+    if _hdf5_signature(p, p.stat().st_size):
+        import h5py
+
+        out = {}
+        with h5py.File(p, "r") as f:
+            for k, v in f.items():
+                if isinstance(v, h5py.Dataset):
+                    a = np.asarray(v[()])
+                    if v.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+                        out[k] = "".join(chr(c) for c in a.ravel())
+                    else:
+                        out[k] = a.T   # MATLAB stores columns first
+        return out
+    import scipy.io
+
+    data = scipy.io.loadmat(p, squeeze_me=True)
+    return {k: v for k, v in data.items() if not k.startswith("__")}
+
+
+def read_published_stack(path: str | os.PathLike) -> xr.Dataset:
+    """Read one particle's correlated stack in the layout Deng et al. (2022) published with their code.
+
+    The MATLAB file (v5 through scipy, v7.3 through h5py) holds, on one image
+    grid: ``exx``, ``eyy``, ``exy`` and ``theta`` — the strain *already in the
+    crystal frame* (``exx`` = ε_aa, ``eyy`` = ε_cc, ``exy`` = ε_ac) — ``mask``,
+    ``LFP`` and ``FP`` (the fitted thicknesses of the two reference spectra, so
+    ``X = LFP / (LFP + FP)``), the virtual images ``HAADF``, ``VADF``, ``VBF``,
+    a scalar ``rot`` (angle of the crystal a axis in the image, radians) and
+    ``filename``. The authors' files carry no licence and are not part of this
+    project: get them from the authors' code repository.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.mat`` file.
+
+    Returns
+    -------
+    xarray.Dataset
+        The form :func:`chemomech.correlate.correlate` gives, on ``("y", "x")``
+        in pixels: ``X`` (volume fraction of LiFePO4 from the two thicknesses),
+        ``X_sigma`` (NaN: not in the file), ``thickness`` (``LFP + FP``), ``exx``,
+        ``eyy``, ``exy``, ``theta``, the virtual images present, and ``mask``
+        (the file's mask and finite values). ``attrs``: ``crystal_angle_rad``
+        (= ``rot``), ``source`` (``filename``, else the file name), ``path``,
+        ``frame`` (strain components in the crystal frame, grid in the image
+        frame: turn it with :func:`chemomech.correlate.align_to_crystal` before
+        learning).
+
+    Raises
+    ------
+    MissingFileError, FileFormatError
+        A missing file; an empty, truncated, wrong-format or wrong-layout one
+        (missing variable, maps of different shapes, no valid pixel).
+    """
+    p = _check_file(Path(path), expected=_PUBLISHED)
+    with _reading(p, _PUBLISHED):
+        raw = _read_mat(p)
+    missing = [k for k in _PUBLISHED_MAPS + ("rot",) if k not in raw]
+    if missing:
+        raise FileFormatError(f"{str(p)!r} lacks {missing}; expected {_PUBLISHED}")
+    maps = {}
+    for k in _PUBLISHED_MAPS + tuple(i for i in _PUBLISHED_IMAGES if i in raw):
+        a = np.asarray(raw[k])
+        if a.ndim != 2 or a.dtype.kind not in "biuf":
+            raise FileFormatError(f"{str(p)!r}: {k} must be a 2-D numeric map, got shape {a.shape} "
+                                  f"({a.dtype}); expected {_PUBLISHED}")
+        maps[k] = a.astype(float)
+    shapes = {k: v.shape for k, v in maps.items()}
+    if len(set(shapes.values())) != 1:
+        raise FileFormatError(f"{str(p)!r}: the maps must share one grid, got shapes {shapes}")
+    rot = np.asarray(raw["rot"], dtype=float).ravel()
+    if rot.size != 1 or not np.isfinite(rot[0]):
+        raise FileFormatError(f"{str(p)!r}: rot must be one finite angle in radians, got {raw['rot']!r}")
+    total = maps["LFP"] + maps["FP"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(total > 0, maps["LFP"] / total, np.nan)
+    strain = ("exx", "eyy", "exy", "theta")
+    mask = (maps["mask"] > 0.5) & np.isfinite(x) & np.all([np.isfinite(maps[k]) for k in strain], axis=0)
+    if not mask.any():
+        raise FileFormatError(f"{str(p)!r}: no pixel of mask has finite strain and LFP + FP > 0; "
+                              f"expected {_PUBLISHED}")
+    ny, nx = mask.shape
+    coords = {"y": ("y", np.arange(ny, dtype=float), {"units": "px", "long_name": "y (image rows)"}),
+              "x": ("x", np.arange(nx, dtype=float), {"units": "px", "long_name": "x (image columns)"})}
+    one = {"units": "1"}
+    names = {"exx": "strain e_aa", "eyy": "strain e_cc", "exy": "tensor shear e_ac", "theta": "rigid rotation"}
+    data = {"X": (("y", "x"), np.where(mask, x, np.nan), {**one, "long_name": "Li fraction X (LFP / (LFP + FP))"}),
+            "X_sigma": (("y", "x"), np.full(mask.shape, np.nan),
+                        {**one, "long_name": "standard deviation of X (not in the file)"}),
+            "thickness": (("y", "x"), np.where(mask, total, np.nan),
+                          {**one, "long_name": "LFP + FP (reference thickness units)"})}
+    for k in strain:
+        data[k] = (("y", "x"), np.where(mask, maps[k], np.nan),
+                   {"units": "rad" if k == "theta" else "1", "long_name": names[k]})
+    for k in _PUBLISHED_IMAGES:
+        if k in maps:
+            data[k] = (("y", "x"), maps[k], {"units": "counts", "long_name": f"virtual {k} image"})
+    data["mask"] = (("y", "x"), mask, {"units": "1", "long_name": "particle mask"})
+    source = raw.get("filename")
+    source = str(source) if isinstance(source, str) or np.ndim(source) == 0 and source is not None else p.name
+    return xr.Dataset(data, coords=coords, attrs={
+        "crystal_angle_rad": float(rot[0]), "source": source, "path": str(p),
+        "frame": "strain components in the crystal frame (x || a, y || c); grid in the image frame"})
 
 
 class _HDF5Array:

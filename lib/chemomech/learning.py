@@ -1027,6 +1027,12 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     _validate.rng(rng)  # type check before any FEM work
     strains = _as_list(strain, xr.Dataset)
     Xs = _as_list(X, xr.DataArray)
+    for i, s in enumerate(strains):
+        angle = s.attrs.get("crystal_angle_rad")
+        if angle is not None and abs(float(angle)) > 1e-9:
+            raise ValueError(f"strain{'' if len(strains) == 1 else f'[{i}]'} lies on a grid turned by "
+                             f"crystal_angle_rad = {float(angle):.4g} rad from the crystal; the model needs the grid's "
+                             "x axis along a: resample it with chemomech.correlate.align_to_crystal first")
     if len(Xs) != len(strains):
         raise ValueError(f"X must give one map per strain Dataset: got {len(Xs)} X maps and "
                          f"{len(strains)} strain Datasets")
