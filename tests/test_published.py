@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 
-from chemomech import correlate, io, strain, twin
+from chemomech import correlate, io, twin
 
 ROOT = Path(__file__).resolve().parents[1]
 ANGLE = 0.35            # rad: the crystal a axis in the image
@@ -25,47 +24,15 @@ SIGMA_STRAIN = 2e-4     # noise added to the strain maps
 
 
 def _layout(particle, rng) -> dict:
-    """The published variables of one twin particle."""
-    ds = particle.render(pixel_size_nm=PIXEL_NM)
-    m = ds["mask"].values
-    crystal = strain.to_crystal_frame(ds, ANGLE)
-    ref = [float(np.nanmedian(crystal[k].values[m])) for k in ("exx", "eyy")]
-    out = {}
-    for k, r in zip(("exx", "eyy"), ref):   # relative to the particle's median lattice, as measured
-        out[k] = (1 + crystal[k].values) / (1 + r) - 1
-    out["exy"] = crystal["exy"].values - float(np.nanmedian(crystal["exy"].values[m]))
-    out["theta"] = ds["theta"].values
-    for k in ("exx", "eyy", "exy"):
-        out[k] = np.where(m, out[k] + SIGMA_STRAIN * rng.standard_normal(m.shape), np.nan)
-    t = np.where(m, ds["thickness"].values, 0.0)
-    out["LFP"] = t * np.nan_to_num(ds["X"].values)
-    out["FP"] = t - out["LFP"]
-    out["mask"] = m.astype(np.uint8)
-    out["HAADF"] = t.copy()
-    out["VADF"] = -t
-    out["VBF"] = np.exp(-t / 100.0)
-    out["rot"] = ANGLE
-    out["filename"] = f"{particle.name}.mat"
-    return out
+    return twin.published.published_layout(particle, pixel_size_nm=PIXEL_NM, sigma_strain=SIGMA_STRAIN, rng=rng)
 
 
 def write_v5(path: Path, data: dict) -> Path:
-    scipy.io.savemat(path, data)
-    return path
+    return twin.published.write_published(data, path, version="v5")
 
 
 def write_v73(path: Path, data: dict) -> Path:
-    import h5py
-
-    with h5py.File(path, "w", userblock_size=512) as f:
-        for k, v in data.items():
-            if isinstance(v, str):
-                d = f.create_dataset(k, data=np.array([[ord(c)] for c in v], dtype=np.uint16))
-                d.attrs["MATLAB_class"] = np.bytes_("char")
-            else:
-                d = f.create_dataset(k, data=np.atleast_2d(np.asarray(v, dtype=float)).T)   # column-major
-                d.attrs["MATLAB_class"] = np.bytes_("double")
-    return path
+    return twin.published.write_published(data, path, version="v7.3")
 
 
 @pytest.fixture(scope="module")

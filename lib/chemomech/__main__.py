@@ -151,69 +151,8 @@ def _write_folder(out_dir: str | os.PathLike, fill, *, overwrite: bool) -> Path:
     return out
 
 
-#: Li fraction at which `learn` reports the slope, and the range of its mean slope.
-LEARN_SLOPE_X = 0.5
-LEARN_MEAN_RANGE = (0.2, 0.8)
-
-
-def read_stacks(paths) -> list:
-    """Correlated stacks from files: ``.nc`` (:func:`chemomech.io.load_stack`) or published ``.mat``."""
-    from . import io
-
-    stacks = []
-    for raw in paths:
-        p = Path(raw)
-        if p.suffix.lower() == ".mat":
-            stack = io.read_published_stack(p)
-        elif p.suffix.lower() == ".nc":
-            stack = io.load_stack(p)
-            if "crystal_angle_rad" not in stack.attrs:
-                raise io.FileFormatError(f"{str(p)!r} has no crystal_angle_rad attribute; expected a stack whose "
-                                         "strain is in the crystal frame (correlate(..., crystal_angle_rad=...))")
-        else:
-            raise io.FileFormatError(f"{str(p)!r}: expected a .nc (chemomech) or .mat (published layout) stack")
-        name = str(stack.attrs.get("particle") or stack.attrs.get("source") or p.stem)
-        stacks.append(stack.assign_attrs(particle=f"{name} [{len(stacks)}]" if any(
-            s.attrs["particle"] == name for s in stacks) else name))
-    return stacks
-
-
-def learn(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
-    """The learning that ``python -m chemomech learn`` runs: align, re-reference to FePO4, fit.
-
-    Returns
-    -------
-    (model, aligned stacks, summary dict)
-    """
-    import numpy as np
-
-    from . import correlate, learning
-
-    aligned = [correlate.align_to_crystal(s) for s in stacks]
-    sig = np.concatenate([s["X_sigma"].values[s["mask"].values] for s in aligned])
-    sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
-    model = learning.fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
-                                     mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
-                                     max_degree=max_degree, n_boot=n_boot, rng=seed)
-    lo, hi = model.interval([LEARN_SLOPE_X])
-    slope = model.derivative([LEARN_SLOPE_X])[0]
-    mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
-    comps = ("aa", "cc")
-    summary = {
-        "slopes": {c: float(v) for c, v in zip(comps, slope)},
-        "slope_interval": {c: [float(lo[0][i]), float(hi[0][i])] for i, c in enumerate(comps)},
-        "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
-        "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
-        "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
-        "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
-        "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
-        "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
-    }
-    return model, aligned, summary
-
-
 def write_learned(model, aligned, summary: dict, out_dir, *, overwrite: bool = False) -> Path:
-    """Write ``summary.json``, the figures and the fitted model of :func:`learn` (atomically)."""
+    """Write ``summary.json``, the figures and the fitted model of :func:`chemomech.learning.learn_stacks`."""
     from . import io, plotting, strain
 
     def fill(tmp: Path) -> None:
@@ -293,14 +232,17 @@ def _check_out(args) -> str | None:
 
 
 def _main_learn(args) -> int:
+    from . import io, learning
+
     out = Path(args.out).expanduser()
     if args.max_degree < 1 or args.n_boot < 2:
         return _fail(f"--max-degree must be >= 1 and --n-boot >= 2, got {args.max_degree} and {args.n_boot}", 2)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            stacks = read_stacks(args.files)
-            model, aligned, summary = learn(stacks, max_degree=args.max_degree, n_boot=args.n_boot, seed=args.seed)
+            stacks = io.read_stacks(args.files)
+            model, aligned, summary = learning.learn_stacks(stacks, max_degree=args.max_degree, n_boot=args.n_boot,
+                                                           seed=args.seed)
             path = write_learned(model, aligned, summary, out, overwrite=args.force)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written", 1)
@@ -308,7 +250,7 @@ def _main_learn(args) -> int:
         return _fail(f"learning failed ({type(err).__name__}: {_one_line(err) or 'no message'}); "
                      f"nothing was written to {str(out)!r}", 1)
     sl = summary["slopes"]
-    print(f"learned d eps0/dX at X = {LEARN_SLOPE_X}: aa {sl['aa']:+.4f}, cc {sl['cc']:+.4f} "
+    print(f"learned d eps0/dX at X = {summary['X']}: aa {sl['aa']:+.4f}, cc {sl['cc']:+.4f} "
           f"(degree {summary['degree']}, {summary['pixels']} pixels); outputs in {path}")
     return 0
 

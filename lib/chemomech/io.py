@@ -52,6 +52,7 @@ __all__ = [
     "save_stack",
     "load_stack",
     "read_published_stack",
+    "read_stacks",
 ]
 
 CHUNK_TARGET_MIB = 32.0  # default chunk size, MiB of patterns (whole scan rows)
@@ -286,6 +287,29 @@ def read_published_stack(path: str | os.PathLike) -> xr.Dataset:
     return xr.Dataset(data, coords=coords, attrs={
         "crystal_angle_rad": float(rot[0]), "source": source, "path": str(p),
         "frame": "strain components in the crystal frame (x || a, y || c); grid in the image frame"})
+
+
+def read_stacks(paths) -> list:
+    """Correlated stacks from files: ``.nc`` (:func:`load_stack`) or published ``.mat`` (:func:`read_published_stack`).
+
+    Each stack's ``attrs["particle"]`` names it (the file's particle or source name, made unique).
+    """
+    stacks = []
+    for raw in paths:
+        p = Path(raw)
+        if p.suffix.lower() == ".mat":
+            stack = read_published_stack(p)
+        elif p.suffix.lower() == ".nc":
+            stack = load_stack(p)
+            if "crystal_angle_rad" not in stack.attrs:
+                raise FileFormatError(f"{str(p)!r} has no crystal_angle_rad attribute; expected a stack whose "
+                                         "strain is in the crystal frame (correlate(..., crystal_angle_rad=...))")
+        else:
+            raise FileFormatError(f"{str(p)!r}: expected a .nc (chemomech) or .mat (published layout) stack")
+        name = str(stack.attrs.get("particle") or stack.attrs.get("source") or p.stem)
+        stacks.append(stack.assign_attrs(particle=f"{name} [{len(stacks)}]" if any(
+            s.attrs["particle"] == name for s in stacks) else name))
+    return stacks
 
 
 class _HDF5Array:

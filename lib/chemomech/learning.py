@@ -77,6 +77,7 @@ __all__ = [
     "fit_eigenstrain",
     "legendre_basis",
     "naive_regression",
+    "learn_stacks",
     "reference_strain",
     "residual_rms",
     "simex",
@@ -1412,3 +1413,60 @@ def _extrapolate(lam: np.ndarray, y: np.ndarray, extrapolant: str, at: np.ndarra
 
 
 # --- measurement simulator for the digital twin (not analysis code) -------------------------
+
+
+#: Li fraction at which :func:`learn_stacks` reports the slope, and the range of its mean slope.
+LEARN_SLOPE_X = 0.5
+LEARN_MEAN_RANGE = (0.2, 0.8)
+
+
+def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
+    """Learn the law from correlated stacks as ``python -m chemomech learn`` does.
+
+    Each stack is turned onto a grid aligned with the crystal
+    (:func:`chemomech.correlate.align_to_crystal`), the strain is re-referenced
+    to FePO4 and the law fitted with a cross-validated degree, SIMEX when the
+    stacks carry ``X_sigma``, and bootstrap intervals
+    (``fit_eigenstrain(..., reference="fepo4")``).
+
+    Parameters
+    ----------
+    stacks : list of xarray.Dataset
+        Correlated stacks (:func:`chemomech.io.read_stacks`), strain components in the
+        crystal frame, ``attrs["crystal_angle_rad"]`` giving the grid's angle.
+    max_degree, n_boot, seed
+        Highest degree tried, bootstrap replicates, seed of folds and bootstrap.
+
+    Returns
+    -------
+    model : EigenstrainModel
+    aligned : list of xarray.Dataset
+        The stacks on their crystal-aligned grids.
+    summary : dict
+        ``slopes`` (d eps0/dX at X = 0.5), ``slope_interval`` (95 %), ``mean_slope``
+        (mean over X in [0.2, 0.8]), ``degree``, ``pixels``, ``sigma_X``, ``particles``,
+        ``reference_strain``, ``crystal_angle_rad``.
+    """
+    from . import correlate
+
+    aligned = [correlate.align_to_crystal(s) for s in stacks]
+    sig = np.concatenate([s["X_sigma"].values[s["mask"].values] for s in aligned])
+    sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
+    model = fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
+                            mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
+                            max_degree=max_degree, n_boot=n_boot, rng=seed)
+    lo, hi = model.interval([LEARN_SLOPE_X])
+    slope = model.derivative([LEARN_SLOPE_X])[0]
+    mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
+    comps = ("aa", "cc")
+    summary = {
+        "slopes": {c: float(v) for c, v in zip(comps, slope)},
+        "slope_interval": {c: [float(lo[0][i]), float(hi[0][i])] for i, c in enumerate(comps)},
+        "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
+        "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
+        "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
+        "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
+        "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
+        "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
+    }
+    return model, aligned, summary

@@ -12,13 +12,14 @@ the analysis is always tested against code that it did not shape.
 - :mod:`chemomech.twin.ptycho` — Fe L-edge spectro-ptychography energy stacks;
 - :mod:`chemomech.twin.pair` — image pairs with a known geometric relation;
 - :mod:`chemomech.twin.noise` — noisy (strain, X) measurements straight from the truth;
+- :mod:`chemomech.twin.published` — stand-ins for the correlated stacks Deng et al. published;
 - :mod:`chemomech.twin.cbed` — the multislice (abTEM) library of Bragg-disk contents over
   thickness and tilt, computed by ``data/make_cbed_library.py``.
 """
 
 from __future__ import annotations
 
-from . import cbed, noise, pair, particle, ptycho, stem4d
+from . import cbed, noise, pair, particle, ptycho, published, stem4d
 from .particle import *  # noqa: F403  (make_particle, particle_set, Particle, laws, ...)
 
-__all__ = [*particle.__all__, "cbed", "noise", "pair", "particle", "ptycho", "stem4d"]
+__all__ = [*particle.__all__, "cbed", "noise", "pair", "particle", "ptycho", "published", "stem4d"]
