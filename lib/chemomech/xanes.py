@@ -56,13 +56,13 @@ def _quiet(func, *args, **kwargs):
 def _model_spectrum(energy: np.ndarray, phase: str) -> np.ndarray:
     """Evaluate the Fe L-edge model of `phase` at `energy` (eV), OD per nm (exact Voigt peaks)."""
     spec = FE_L_EDGE_MODEL[phase]
-    out = spec["pre"] * (energy / 700.0) ** -3
+    out = spec["pre"] * (energy / 700.0) ** -FE_L_EDGE_MODEL["pre_exponent"]
     for c, h, gf, lf in spec["peaks"]:
         s, g = gf / (2.0 * np.sqrt(2.0 * np.log(2.0))), lf / 2.0
         out = out + h * voigt_profile(energy - c, s, g) / voigt_profile(0.0, s, g)
     for c, h, w in spec["steps"]:
         out = out + h * (0.5 + np.arctan((energy - c) / (w / 2.0)) / np.pi)
-    return out * FE_L_EDGE_MODEL["scale_per_nm"]
+    return out
 
 
 def reference_spectra(energy=None) -> xr.Dataset:
