@@ -96,8 +96,10 @@ def test_vectorised_nnls_matches_scipy_on_random_pixels():
 def test_fit_recovers_noise_free_mixtures_and_x_stays_in_unit_interval(a, b, c):
     od = _od_from_params(np.full((2, 3), a), np.full((2, 3), b), np.full((2, 3), c))
     fit = xanes.fit_spectra(od)
+    r = materials.FE_DENSITY_RATIO_FP_LFP
     if a + b > 1.0:
-        assert_allclose(fit.X.values, a / (a + b), atol=1e-6)
+        assert_allclose(fit.X_volume.values, a / (a + b), atol=1e-6)
+        assert_allclose(fit.X.values, a / (a + r * b), atol=1e-6)  # molar fraction
         assert_allclose(fit.thickness.values, a + b, rtol=1e-6)
         assert_allclose(fit.offset.values, c, atol=1e-6)
     x = fit.X.values[np.isfinite(fit.X.values)]
@@ -111,7 +113,7 @@ def test_fit_maps_are_not_transposed():
     fit = xanes.fit_spectra(_od_from_params(a, b, 0.0 * a))
     assert fit.X.dims == ("y", "x") and fit.X.shape == (4, 7)
     assert_allclose(fit.thickness.values, a + b, rtol=1e-6)
-    assert_allclose(fit.X.values, a / (a + b), atol=1e-6)
+    assert_allclose(fit.X_volume.values, a / (a + b), atol=1e-6)
 
 
 def test_sigma_x_is_calibrated_on_gaussian_noise():
@@ -124,11 +126,12 @@ def test_sigma_x_is_calibrated_on_gaussian_noise():
     sigma = 0.01 * np.exp(clean.values / 2)  # sigma_OD ~ exp(OD/2), as for shot or reconstruction noise
     od = clean + rng.normal(size=clean.shape) * sigma
     fit = xanes.fit_spectra(od)
-    z = (fit.X.values - a / (a + b)) / fit.X_sigma.values
+    x_true = a / (a + materials.FE_DENSITY_RATIO_FP_LFP * b)  # molar
+    z = (fit.X.values - x_true) / fit.X_sigma.values
     for k, expected in ((1, 0.683), (2, 0.954)):
         assert_allclose(np.mean(np.abs(z) <= k), expected, atol=0.02)  # 4200 px: binomial sd 0.007
     # an ordinary (unweighted) fit under-reports sigma_X on this noise
-    z_u = (xanes.fit_spectra(od, weighting="uniform").X - a / (a + b)) / xanes.fit_spectra(
+    z_u = (xanes.fit_spectra(od, weighting="uniform").X - x_true) / xanes.fit_spectra(
         od, weighting="uniform").X_sigma
     assert np.mean(np.abs(z_u.values) <= 1) < np.mean(np.abs(z) <= 1)
 
@@ -160,12 +163,14 @@ def test_principal_components_count_the_spectral_components():
 # --- drift -------------------------------------------------------------------------------
 
 
-def test_estimate_drift_recovers_known_shifts_with_sign_and_axes(small_particle):
+def test_estimate_drift_recovers_independent_frame_offsets_with_sign_and_axes(small_particle):
     e = ENERGY
     n = e.size
+    rng = np.random.default_rng(21)
     shifts = np.zeros((n, 2))
     shifts[:, 0] = np.linspace(0, 2.5, n)  # y: +2.5 px over the scan
     shifts[:, 1] = -np.linspace(0, 1.2, n) ** 2  # x: curved, negative
+    shifts[1:] += rng.uniform(-3.0, 3.0, (n - 1, 2))  # every frame its own reconstruction: jumps
     stack, truth = ptycho.simulate_stack(small_particle, shape=(44, 58), pixel_size_nm=5.0,
                                          shifts=shifts, rng=2)
     d = xanes.estimate_drift(stack)
@@ -173,13 +178,21 @@ def test_estimate_drift_recovers_known_shifts_with_sign_and_axes(small_particle)
     assert d.attrs["units"] == "px"
     assert_allclose(d.values[0], 0.0)
     err = d.values - shifts
-    assert np.sqrt(np.mean(err**2)) < 0.1  # acceptance: drift to <= 0.1 px RMS
-    # the contrast flip fools raw-frame correlation: edge/model-based estimate beats it
+    assert np.sqrt(np.mean(err**2)) < 0.15  # acceptance: shift error <= 0.15 px RMS
+    # the reported per-frame sigma is the statistical part only (residual noise through the
+    # Gauss-Newton covariance): positive, and no larger than the actual error, which also holds
+    # model mismatch (on this small 5 nm-pixel particle ~4x the statistical part)
+    sig = d.attrs["sigma"][1:]
+    assert np.all(sig > 0) and np.sqrt(np.mean(sig**2)) <= np.sqrt(np.mean(err[1:] ** 2))
+    # the contrast flip fools raw-frame correlation; and smoothing across energy (the STXM option)
+    # cannot follow independent jumps
     from chemomech.xanes import _absorbance, _xcorr_shift
 
     L = _absorbance(stack)
     raw = np.stack([_xcorr_shift(L[0], f, 50) for f in L])
     assert np.sqrt(np.mean((raw - shifts) ** 2)) > 2 * np.sqrt(np.mean(err**2))
+    smooth = xanes.estimate_drift(stack, smooth_frames=3.0, refine=1)
+    assert np.sqrt(np.mean((smooth.values - shifts) ** 2)) > 5 * np.sqrt(np.mean(err**2))
 
 
 # --- map_lithium -------------------------------------------------------------------------
@@ -190,7 +203,7 @@ def test_map_lithium_small_stack(small_stack):
     before = stack.copy(deep=True)
     res = xanes.map_lithium(stack)
     assert_allclose(stack.values, before.values)  # input not modified
-    assert set(res.data_vars) == {"X", "X_sigma", "thickness", "residual", "mask", "shifts"}
+    assert set(res.data_vars) == {"X", "X_sigma", "thickness", "residual", "mask", "shifts", "shift_sigma"}
     for k in ("X", "X_sigma", "thickness", "residual"):
         assert res[k].dims == ("y", "x") and "units" in res[k].attrs and "long_name" in res[k].attrs
         assert np.all(np.isnan(res[k].values[~res.mask.values]))
@@ -264,8 +277,8 @@ def test_bad_stacks_raise_clear_errors(small_stack):
     with pytest.raises(ValueError, match="keV"):
         xanes.map_lithium(stack.assign_coords(energy=stack.energy / 1000.0))
     nan = stack.copy()
-    nan[3] = np.nan
-    with pytest.raises(ValueError, match="all NaN"):
+    nan[:] = np.nan
+    with pytest.raises(ValueError, match="no usable frame"):
         xanes.map_lithium(nan)
     with pytest.raises(ValueError, match="dims"):
         xanes.map_lithium(stack.transpose("y", "x", "energy"))

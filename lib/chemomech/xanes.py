@@ -253,7 +253,9 @@ def _edge_image(frame: np.ndarray, sigma_px: float, taper: np.ndarray) -> np.nda
         w[ndimage.binary_dilation(nan, iterations=int(np.ceil(3 * sigma_px)) + 1)] = 0.0
     if w.sum() <= 0:
         return np.zeros_like(g)
-    return (g - np.sum(w * g) / w.sum()) * w
+    # background level (median: the particle outline covers a minority of pixels) to zero, so
+    # the taper adds no step of its own that would pull towards zero shift
+    return (g - np.median(g[w > 0])) * w
 
 
 def _xcorr_shift(ref: np.ndarray, img: np.ndarray, upsample: int) -> np.ndarray:
@@ -534,9 +536,9 @@ def estimate_drift(stack: xr.DataArray, *, references: xr.Dataset | None = None,
     >>> frames = [np.exp(-((yy - 20 - s) ** 2 + (xx - 22) ** 2) / 60.0) for s in (0.0, -2.0, 1.5, 3.0, 0.5)]
     >>> stack = xr.DataArray(np.exp(-np.array(frames)), dims=("energy", "y", "x"),
     ...                      coords={"energy": [700.0, 705.0, 708.0, 710.0, 720.0]})
-    >>> d = estimate_drift(stack, refine=0)
-    >>> np.round(d.sel(axis="y").values, 1).tolist()
-    [0.0, -2.0, 1.5, 3.0, 0.5]
+    >>> d = estimate_drift(stack, refine=0, border=0, calibrate=False)
+    >>> bool(np.abs(d.sel(axis="y").values - [0.0, -2.0, 1.5, 3.0, 0.5]).max() < 0.1)
+    True
     """
     _validate.energy_stack(stack)
     energy = stack["energy"].values.astype(float)
