@@ -172,8 +172,10 @@ def test_realistic_preset_has_offsets_calibration_error_broadening_and_artefacts
     assert abs(float(s.LFP[0] - s0.LFP[0])) > 0.0005
     # edge ringing: the outermost pixels of a realistic frame deviate from the membrane level
     amp_r, amp_i = np.abs(real.values[0]), np.abs(ideal.values[0])
-    ring = lambda a: np.std(a[0, 10:-10] / np.median(a[15:25, 2:8]))  # noqa: E731
-    assert ring(amp_r) > 5 * ring(amp_i)
+    ring = lambda a: abs(a[0, 10:-10].mean() - a[2, 10:-10].mean()) / a[1:3, 10:-10].mean()  # noqa: E731
+    # ringing amplitude >= 5 % at the edge, 0.4x that (opposite sign) two pixels in: >= 6 % apart;
+    # the ideal frame only has the 3 % membrane gradient across the whole field (< 0.5 % per 2 px)
+    assert ring(amp_r) > 0.05 and ring(amp_i) < 0.005
     # a linear phase ramp: the phase difference between neighbours is far from zero in some frame
     ramp = [abs(np.angle(np.sum(f[:, 1:] * np.conj(f[:, :-1])))) for f in real.values]
     assert max(ramp) > 0.01
