@@ -78,8 +78,13 @@ def test_nan_regions_are_left_out_and_the_rest_matches_the_clean_result(clean, r
     rms, n = _x_rms(res, truth)
     rms_clean, n_clean = _x_rms(ref, truth)
     assert rms <= 1.1 * rms_clean  # issue 18: within 10 % of the clean X RMS on the finite pixels
-    if region != "hole in the particle":
-        assert n >= 0.98 * n_clean  # the NaN lie off the particle
+    if region == "block in some frames":
+        # lost: at most the interior pixels the block covers once moved by the frame offsets (<= 4 px here)
+        near = np.zeros(truth.mask.shape, bool)
+        near[:16 + 5, :16 + 5] = True
+        assert n_clean - n <= int((near & truth.interior.values).sum())
+    elif region == "last six columns":
+        assert n == n_clean  # the particle is far from the right edge
     if region == "hole in the particle":
         # a pixel must be seen at every energy: the 6 px hole, moved by each frame's offset (range
         # up to 8 px per axis on this twin) and by the spline's 1 px reach, removes <= (6 + 8 + 2)^2
