@@ -33,6 +33,10 @@ from .materials import FE_DENSITY_RATIO_FP_LFP, FE_L_EDGE_MODEL, OD_SATURATION
 
 __all__ = [
     "calibrate_references",
+    "cluster_spectra",
+    "edge_energy",
+    "fit_components",
+    "normalise_edge",
     "estimate_drift",
     "find_failed_frames",
     "fit_spectra",
@@ -1348,6 +1352,333 @@ def _noise_model(od: xr.DataArray, fit: xr.Dataset, mask: np.ndarray, refs: xr.D
     with np.errstate(invalid="ignore"):
         sig_p = np.sqrt(np.mean((r / sig_e[:, None, None]) ** 2, axis=0))
     return sig_e[:, None, None] * sig_p[None] * np.sqrt(n_e / (n_e - 3))
+
+
+# --- what users of MANTiS, Larch and TXM-Wizard expect ----------------------------------
+
+
+def _od_matrix(od, name: str = "od") -> tuple[np.ndarray, np.ndarray]:
+    _validate.dims(od, ("energy", "y", "x"), name=name)
+    energy = od["energy"].values.astype(float)
+    _validate.energies(energy, name=name)
+    return energy, np.asarray(od.values, float).reshape(energy.size, -1)
+
+
+def _edge_lines(Y: np.ndarray, energy: np.ndarray, pre, post, e0: float):
+    """Pre-edge line (least squares, every column of Y) on `energy`, and the edge step.
+
+    The step is the mean over the post-edge range minus the pre-edge line there (a
+    flat post-edge: beyond the L2 white lines of a 3d metal there is little to fit).
+    """
+    sel_pre = (energy >= pre[0]) & (energy <= pre[1])
+    sel_post = (energy >= post[0]) & (energy <= post[1])
+    for (lo, hi), sel in ((pre, sel_pre), (post, sel_post)):
+        if sel.sum() < 2:
+            raise ValueError(f"the range {lo:g}-{hi:g} eV holds {int(sel.sum())} energies; need at least 2")
+    A = np.column_stack([np.ones(sel_pre.sum()), energy[sel_pre] - e0])
+    (p0, p1), *_ = np.linalg.lstsq(A, Y[sel_pre], rcond=None)
+    pre_line = p0[None, :] + p1[None, :] * (energy - e0)[:, None]
+    return pre_line, np.mean(Y[sel_post] - pre_line[sel_post], axis=0)
+
+
+def normalise_edge(od: xr.DataArray, *, pre=(700.0, 705.0), post=(726.0, 730.0), e0: float = 710.0
+                   ) -> xr.DataArray:
+    """Pre-/post-edge normalisation of every spectrum (as Athena/Larch and MANTiS do).
+
+    Parameters
+    ----------
+    od : xarray.DataArray
+        ``(energy, y, x)`` optical density (or ``(energy,)`` spectra stacked as a 3-D array).
+    pre, post : (float, float)
+        Energy ranges (eV) of the pre-edge line and of the (flat) post-edge level,
+        beyond the L2 white lines.
+    e0 : float
+        Reference energy (eV) of the pre-edge line's parametrisation.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(energy, y, x)``: (OD − pre line) / edge step — 0 below the edge, ≈ 1 above
+        it, independent of thickness; ``edge_step`` as a ``(y, x)`` coordinate.
+
+    Notes
+    -----
+    Normalisation removes thickness, so the amounts of a fit to normalised spectra
+    are fractions per Fe atom, not thicknesses; Fe²⁺ and Fe³⁺ have almost the same
+    edge step per Fe, so :func:`fit_components` on normalised spectra gives molar
+    fractions directly. Pixels with a small edge step (membrane) come out noisy.
+
+    Examples
+    --------
+    >>> e = np.arange(700.0, 730.0, 0.25)
+    >>> mu = reference_spectra(e).LFP.values
+    >>> od = xr.DataArray(np.stack([30 * mu, 90 * mu], axis=1)[:, :, None], dims=("energy", "y", "x"),
+    ...                   coords={"energy": e})
+    >>> n = normalise_edge(od)
+    >>> bool(np.allclose(n[:, 0, 0], n[:, 1, 0])), round(float(n.sel(energy=728.0)[0, 0]), 1)
+    (True, 1.0)
+    """
+    energy, Y = _od_matrix(od)
+    pre_line, step = _edge_lines(Y, energy, pre, post, float(e0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        norm = (Y - pre_line) / np.where(np.abs(step) > 0, step, np.nan)
+    shape = od.shape[1:]
+    out = xr.DataArray(norm.reshape(od.shape), dims=od.dims, coords=od.coords,
+                       attrs={"units": "1", "long_name": "edge-normalised absorption"})
+    return out.assign_coords(edge_step=(("y", "x"), step.reshape(shape), {"units": od.attrs.get("units", "1"),
+                                                                           "long_name": "edge step"}))
+
+
+def fit_components(od: xr.DataArray, references: xr.Dataset, *, normalise: bool = False,
+                   pre=(700.0, 705.0), post=(726.0, 730.0), e0: float = 710.0) -> xr.Dataset:
+    """Linear-combination fit of every pixel with N user references (non-negative, with a flat offset).
+
+    Parameters
+    ----------
+    od : xarray.DataArray
+        ``(energy, y, x)`` optical density.
+    references : xarray.Dataset
+        One variable per reference on ``energy`` (any names, N ≥ 1; per unit
+        thickness, or edge-normalised with ``normalise=True``), interpolated
+        linearly onto the stack energies, which they must cover.
+    normalise : bool, optional
+        Normalise both the spectra and the references (:func:`normalise_edge`) before
+        fitting; then the amounts are fractions of the edge step and the offset is ~0.
+    pre, post, e0 :
+        Passed to :func:`normalise_edge`.
+
+    Returns
+    -------
+    xarray.Dataset
+        On ``(y, x)``: the amount of every reference (its own name), ``fraction_<name>``
+        (amount / sum of amounts), ``total``, ``offset`` and ``residual`` (RMS misfit).
+
+    Notes
+    -----
+    Exact non-negative least squares for every pixel at once: all 2^N free sets are
+    solved as batched normal equations and the best feasible one kept (N ≤ 8).
+    Fractions of references per unit thickness are volume fractions; see
+    :func:`fit_spectra` for the molar conversion of the LiFePO4/FePO4 pair.
+
+    Examples
+    --------
+    >>> e = np.arange(700.0, 730.0, 0.25)
+    >>> refs = reference_spectra()
+    >>> refs["Fe3O4"] = 0.5 * (refs.LFP + refs.FP).shift(energy=10).fillna(0.004)
+    >>> mu = refs.interp(energy=e)
+    >>> od = (20 * mu.LFP + 30 * mu.FP + 50 * mu.Fe3O4).expand_dims(y=1, x=1).transpose("energy", "y", "x")
+    >>> fit = fit_components(od, refs)
+    >>> [round(float(fit[f"fraction_{k}"][0, 0]), 3) for k in ("LFP", "FP", "Fe3O4")]
+    [0.2, 0.3, 0.5]
+    """
+    energy, Y = _od_matrix(od)
+    if not isinstance(references, xr.Dataset):
+        raise TypeError(f"references must be an xarray.Dataset, got {type(references).__name__}")
+    names, e_ref, mu_ref = _resolve_references(references)
+    if not names:
+        raise ValueError("references has no variable on 'energy'")
+    if len(names) > 8:
+        raise ValueError(f"references has {len(names)} variables; at most 8 are supported")
+    if e_ref.min() > energy.min() or e_ref.max() < energy.max():
+        raise ValueError(f"references cover {e_ref.min():g}–{e_ref.max():g} eV but od spans "
+                         f"{energy.min():g}–{energy.max():g} eV")
+    if not isinstance(normalise, bool):
+        raise TypeError(f"normalise must be a bool, got {type(normalise).__name__}")
+    mu = np.stack([np.interp(energy, e_ref, mu_ref[:, i]) for i in range(len(names))], axis=1)
+    if normalise:
+        pre_line, step = _edge_lines(Y, energy, pre, post, float(e0))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            Y = (Y - pre_line) / step
+        pl, st = _edge_lines(mu, energy, pre, post, float(e0))
+        mu = (mu - pl) / st
+    ok = np.isfinite(Y).all(axis=0)
+    A = np.column_stack([mu, np.ones(energy.size)])
+    p, rss = _nnls_offset(A, Y[:, ok])
+    ny, nx = od.shape[1:]
+    tot = p[:-1].sum(axis=0)
+    data = {}
+    for i, k in enumerate(names):
+        data[k] = (("y", "x"), _put(p[i], ok).reshape(ny, nx),
+                   {"units": "1" if normalise else "reference thickness units", "long_name": f"amount of {k}"})
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.where(tot > 0, p[i] / tot, np.nan)
+        data[f"fraction_{k}"] = (("y", "x"), _put(f, ok).reshape(ny, nx),
+                                 {"units": "1", "long_name": f"fraction of {k}"})
+    data["total"] = (("y", "x"), _put(tot, ok).reshape(ny, nx), {"units": data[names[0]][2]["units"],
+                                                                 "long_name": "sum of amounts"})
+    data["offset"] = (("y", "x"), _put(p[-1], ok).reshape(ny, nx), {"units": "1", "long_name": "flat offset"})
+    data["residual"] = (("y", "x"), _put(np.sqrt(rss / energy.size), ok).reshape(ny, nx),
+                        {"units": "1", "long_name": "RMS misfit"})
+    coords = {k: v for k, v in od.coords.items() if set(v.dims) <= {"y", "x"} and k != "edge_step"}
+    return xr.Dataset(data, coords=coords, attrs={"references": names, "normalised": int(normalise)})
+
+
+def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters: int = 3,
+                    normalise: bool = True, rng=None) -> xr.Dataset:
+    """PCA of the spectra inside `mask`, k-means clusters of the PCA scores, and their mean spectra.
+
+    The MANTiS / TXM-Wizard route to "which spectrally distinct regions are there",
+    without references.
+
+    Parameters
+    ----------
+    od : xarray.DataArray
+        ``(energy, y, x)`` optical density.
+    mask : array_like of bool
+        ``(y, x)`` pixels to cluster.
+    n_components : int
+        Principal components kept for clustering.
+    n_clusters : int
+        Number of k-means clusters.
+    normalise : bool
+        Cluster edge-normalised spectra (:func:`normalise_edge`, shape not thickness).
+    rng : numpy.random.Generator or int, optional
+        Seeds k-means.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``labels`` ``(y, x)`` (int, −1 outside `mask`), ``mean_spectrum``
+        ``(cluster, energy)`` (mean OD of each cluster; normalised if `normalise`),
+        ``explained_variance_ratio`` ``(component,)`` and ``scores`` ``(component, y, x)``.
+        Clusters are numbered by increasing mean edge energy (:func:`edge_energy`
+        of the mean spectrum), so the numbering does not depend on the seed.
+
+    Examples
+    --------
+    >>> e = np.arange(700.0, 730.0, 0.25)
+    >>> refs = reference_spectra(e)
+    >>> a = np.zeros((10, 12)); a[:, :6] = 60.0
+    >>> od = xr.DataArray(refs.LFP.values[:, None, None] * a + refs.FP.values[:, None, None] * (60.0 - a),
+    ...                   dims=("energy", "y", "x"), coords={"energy": e})
+    >>> c = cluster_spectra(od, mask=np.ones((10, 12), bool), n_clusters=2, rng=0)
+    >>> c.labels.values[0, :6].tolist() == [0] * 6, c.labels.values[0, 6:].tolist() == [1] * 6
+    (True, True)
+    """
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    energy, _ = _od_matrix(od)
+    m = _validate.mask(mask, name="mask", shape=od.shape[1:], min_count=2)
+    for name, v in (("n_components", n_components), ("n_clusters", n_clusters)):
+        if not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    gen = _validate.rng(rng)
+    spec = normalise_edge(od) if normalise else od
+    Y = np.asarray(spec.values, float)[:, m].T  # (pixels, energy)
+    keep = np.isfinite(Y).all(axis=1)
+    if keep.sum() < max(n_clusters, n_components + 1):
+        raise ValueError(f"mask selects {int(keep.sum())} pixels with finite spectra; need at least "
+                         f"{max(n_clusters, n_components + 1)}")
+    k = min(n_components, Y.shape[1], int(keep.sum()) - 1)
+    pca = PCA(n_components=k, svd_solver="full")
+    scores = pca.fit_transform(Y[keep])
+    km = KMeans(n_clusters=n_clusters, n_init=10, random_state=int(gen.integers(2**31 - 1))).fit(scores)
+    means = np.stack([Y[keep][km.labels_ == c].mean(axis=0) for c in range(n_clusters)])
+    order = np.argsort(_centroid(means.T, energy))
+    rank = np.empty(n_clusters, int)
+    rank[order] = np.arange(n_clusters)
+    lab = np.full(od.shape[1:], -1)
+    idx = np.flatnonzero(m.ravel())[keep]
+    lab.ravel()[idx] = rank[km.labels_]
+    sc = np.full((k,) + od.shape[1:], np.nan)
+    for i in range(k):
+        sc[i].ravel()[idx] = scores[:, i]
+    comp = np.arange(1, k + 1)
+    return xr.Dataset(
+        {"labels": (("y", "x"), lab, {"units": "1", "long_name": "cluster (-1 = not clustered)"}),
+         "mean_spectrum": (("cluster", "energy"), means[order],
+                           {"units": "1", "long_name": "mean spectrum of the cluster"}),
+         "explained_variance_ratio": ("component", pca.explained_variance_ratio_,
+                                      {"units": "1", "long_name": "explained variance"}),
+         "scores": (("component", "y", "x"), sc, {"units": "1", "long_name": "PCA scores"})},
+        coords={"energy": od["energy"], "cluster": np.arange(n_clusters), "component": comp,
+                **{kk: v for kk, v in od.coords.items() if set(v.dims) <= {"y", "x"} and kk != "edge_step"}},
+        attrs={"normalised": int(normalise)},
+    )
+
+
+def _centroid(spec: np.ndarray, energy: np.ndarray, window=(705.0, 713.0)) -> np.ndarray:
+    sel = (energy >= window[0]) & (energy <= window[1])
+    w = np.clip(spec[sel], 0.0, None) + 1e-12
+    return (energy[sel][:, None] * w).sum(axis=0) / w.sum(axis=0)
+
+
+def _edge_crossing(norm: np.ndarray, energy: np.ndarray, level: float = 0.5, window=(705.0, 713.0)) -> np.ndarray:
+    """First energy in `window` where each normalised spectrum (columns) rises through `level` (linear)."""
+    sel = (energy >= window[0]) & (energy <= window[1])
+    e = energy[sel]
+    y = norm[sel]
+    above = y >= level
+    first = np.argmax(above, axis=0)
+    ok = above.any(axis=0) & (first > 0)
+    out = np.full(norm.shape[1], np.nan)
+    j = np.flatnonzero(ok)
+    i = first[j]
+    y0, y1 = y[i - 1, j], y[i, j]
+    out[j] = e[i - 1] + (level - y0) / (y1 - y0) * (e[i] - e[i - 1])
+    return out
+
+
+def edge_energy(od: xr.DataArray, *, method: str = "centroid", level: float = 0.5, window=(705.0, 713.0),
+                pre=(700.0, 705.0), post=(726.0, 730.0), e0: float = 710.0) -> xr.DataArray:
+    """Edge-energy map of every pixel, from its edge-normalised spectrum.
+
+    Parameters
+    ----------
+    od : xarray.DataArray
+        ``(energy, y, x)`` optical density.
+    method : {"centroid", "crossing"}
+        ``"centroid"``: the intensity-weighted mean energy of the normalised L3 white
+        line over `window` (robust, uses every energy). ``"crossing"``: the first
+        energy in `window` where the normalised spectrum reaches `level` (the K-edge
+        convention of TXM-Wizard; on L edges it sits on the white line's rising flank).
+    level : float
+        Fraction of the edge step for ``"crossing"``.
+    window : (float, float)
+        Energies (eV) used.
+    pre, post, e0 :
+        Passed to :func:`normalise_edge`.
+
+    Returns
+    -------
+    xarray.DataArray
+        ``(y, x)``, eV; NaN where undefined (no positive signal, no crossing).
+
+    Notes
+    -----
+    The L3 white line of Fe²⁺ (LiFePO4, 708 eV) lies ~2 eV below that of Fe³⁺
+    (FePO4, 710 eV), so the edge energy falls with the Li fraction: a reference-free
+    map of oxidation state. It is not linear in X and shifts with the resolution and
+    the energy calibration; use it to see, and the fit to measure.
+
+    Examples
+    --------
+    >>> e = np.arange(700.0, 730.0, 0.25)
+    >>> refs = reference_spectra(e)
+    >>> od = xr.DataArray(np.stack([50 * refs.LFP.values, 50 * refs.FP.values], axis=1)[:, None, :],
+    ...                   dims=("energy", "y", "x"), coords={"energy": e})
+    >>> np.round(edge_energy(od).values[0], 1).tolist()
+    [709.0, 710.0]
+    """
+    energy, _ = _od_matrix(od)
+    _validate.choice(method, ("centroid", "crossing"), name="method")
+    if not 0 < float(level) < 1.5:
+        raise ValueError(f"level must be a fraction of the edge step in (0, 1.5), got {level!r}")
+    norm = np.asarray(normalise_edge(od, pre=pre, post=post, e0=e0).values).reshape(energy.size, -1)
+    if method == "crossing":
+        ee = _edge_crossing(norm, energy, float(level), window)
+    else:
+        sel = (energy >= window[0]) & (energy <= window[1])
+        if sel.sum() < 2:
+            raise ValueError(f"window {window} holds fewer than 2 energies")
+        e = energy[sel]
+        w = np.gradient(e)[:, None] * np.clip(norm[sel], 0.0, None)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ee = np.where(w.sum(axis=0) > 0, (e[:, None] * w).sum(axis=0) / w.sum(axis=0), np.nan)
+    coords = {k: v for k, v in od.coords.items() if set(v.dims) <= {"y", "x"} and k != "edge_step"}
+    return xr.DataArray(ee.reshape(od.shape[1:]), dims=("y", "x"), coords=coords,
+                        attrs={"units": "eV", "long_name": f"edge energy ({method})"})
 
 
 # --- files ----------------------------------------------------------------------------
