@@ -364,3 +364,103 @@ def test_read_stack_rejects_unknown_files(tmp_path):
     (tmp_path / "stack.tif").write_bytes(b"0")
     with pytest.raises(ValueError, match=".cxi"):
         io.read_stack(tmp_path / "stack.tif")
+
+
+# --- what users of MANTiS, Larch and TXM-Wizard expect -----------------------------------------
+
+
+def _third_phase(e):
+    """A third Fe species for the N-reference tests (magnetite-like: peaks between Fe2+ and Fe3+), OD/nm."""
+    lor = lambda c, w: 1.0 / (1.0 + ((e - c) / (w / 2)) ** 2)  # noqa: E731
+    step = 0.5 + np.arctan((e - 709.3) / 0.5) / np.pi
+    return 0.0022 * (e / 700.0) ** -2.25 + 0.0045 * lor(708.4, 0.9) + 0.0065 * lor(709.6, 1.1) \
+        + 0.0025 * lor(722.5, 2.0) + 0.0013 * step
+
+
+def test_fit_components_recovers_three_component_mixtures():
+    """Issue acceptance: a 3-reference fit recovers fractions within 0.03 RMS per component."""
+    rng = np.random.default_rng(14)
+    e = ENERGY
+    ny, nx = 30, 40
+    frac = rng.dirichlet((1.0, 1.0, 1.0), ny * nx).T.reshape(3, ny, nx)
+    t = rng.uniform(60.0, 100.0, (ny, nx))
+    # data: the twin's own evaluation of LFP/FP (beamline bandwidth 0.14 eV) and the third phase broadened
+    # by the same bandwidth on a fine grid here; references: the analysis tabulation, unbroadened
+    s = ptycho.model_spectra(e, bandwidth_ev=0.14)
+    fine = np.arange(690.0, 740.0, 0.01)
+    third = np.interp(e, fine, ndimage.gaussian_filter1d(_third_phase(fine), 0.14 / 2.3548 / 0.01))
+    mus = np.stack([s.LFP.values, s.FP.values, third])
+    od = np.einsum("ke,kyx->eyx", mus, frac * t) + 0.02 + rng.normal(0, 0.01, (e.size, ny, nx))
+    od = xr.DataArray(od, dims=("energy", "y", "x"), coords={"energy": e})
+    refs = xanes.reference_spectra()
+    refs["Fe3O4"] = ("energy", _third_phase(refs.energy.values))
+    cal = xanes.calibrate_references(od, references=refs)  # resolution of the data, no energy offset
+    assert abs(cal.attrs["energy_offset_ev"]) < 0.03 and abs(cal.attrs["broadening_ev"] - 0.14) < 0.1
+    fit = xanes.fit_components(od, cal)
+    for i, k in enumerate(("LFP", "FP", "Fe3O4")):
+        rms = np.sqrt(np.mean((fit[f"fraction_{k}"].values - frac[i]) ** 2))
+        assert rms <= 0.03, (k, rms)
+    assert_allclose(np.median(fit.total.values / t), 1.0, atol=0.03)  # thickness in nm
+    with pytest.raises(ValueError, match="cover"):
+        xanes.fit_components(od, refs.sel(energy=slice(705, 740)))
+    with pytest.raises(TypeError, match="references"):
+        xanes.fit_components(od, refs.LFP)
+
+
+def test_normalise_edge_removes_thickness_and_mixes_linearly():
+    refs = xanes.reference_spectra()
+    mu = refs.interp(energy=ENERGY)
+    a = np.linspace(0.0, 80.0, 9)[None, :]
+    b = 80.0 - a
+    od = xr.DataArray(mu.LFP.values[:, None, None] * a + mu.FP.values[:, None, None] * b,
+                      dims=("energy", "y", "x"), coords={"energy": ENERGY})
+    n = xanes.normalise_edge(od * 1.7)
+    n1 = xanes.normalise_edge(od)
+    assert_allclose(n.values, n1.values, atol=1e-9)  # thickness drops out
+    # a constant pre-edge level: the tabulated E^-2.25 background and the white lines' tails leave
+    # < 10 % of the step over 700-705 eV
+    assert np.abs(n1.sel(energy=slice(700, 705)).values).max() < 0.1
+    assert_allclose(n1.sel(energy=slice(726, 730)).mean("energy").values, 1.0, atol=1e-9)
+    # normalised fractions are edge-step weighted: a s_L / (a s_L + b s_F), s = each reference's step
+    fit = xanes.fit_components(od, refs, normalise=True)
+    s_l, s_f = (xanes.normalise_edge(mu[k].expand_dims(y=1, x=1).transpose("energy", "y", "x"))
+                .edge_step.values.item() for k in ("LFP", "FP"))
+    assert_allclose(fit.fraction_LFP.values, a * s_l / (a * s_l + b * s_f), atol=1e-6)
+    # the L2 white-line tails make FePO4's post-edge level ~1.16x LiFePO4's, not the 1.07 of the Fe
+    # densities: normalised L-edge fits are not molar fractions
+    assert s_f / s_l - materials.FE_DENSITY_RATIO_FP_LFP > 0.05
+
+
+def test_cluster_spectra_finds_the_regions_and_their_spectra():
+    rng = np.random.default_rng(15)
+    ny, nx = 24, 36
+    region = np.zeros((ny, nx), int)
+    region[:, 12:24], region[:, 24:] = 1, 2  # LFP, 50/50, FP (columns)
+    xv = np.choose(region, [1.0, 0.5, 0.0])
+    t = rng.uniform(50.0, 110.0, (ny, nx))  # thickness varies: clusters must follow shape, not thickness
+    s = ptycho.model_spectra(ENERGY)
+    od = (s.LFP.values[:, None, None] * xv * t + s.FP.values[:, None, None] * (1 - xv) * t
+          + rng.normal(0, 0.01, (ENERGY.size, ny, nx)))
+    od = xr.DataArray(od, dims=("energy", "y", "x"), coords={"energy": ENERGY})
+    c = xanes.cluster_spectra(od, mask=np.ones((ny, nx), bool), n_clusters=3, rng=0)
+    # numbered by increasing edge energy: LiFePO4 (Fe2+) first, FePO4 last
+    assert np.mean(c.labels.values == region) >= 0.98
+    assert c.explained_variance_ratio.values[0] > 0.9
+    pure = xanes.normalise_edge(od).values[:, region == 0].mean(axis=1)
+    assert_allclose(c.mean_spectrum.values[0], pure, atol=0.05)
+    again = xanes.cluster_spectra(od, mask=np.ones((ny, nx), bool), n_clusters=3, rng=7)
+    assert np.array_equal(again.labels.values, c.labels.values)  # numbering independent of the seed
+
+
+def test_edge_energy_falls_with_lithium_fraction():
+    s = ptycho.model_spectra(ENERGY)
+    x = np.linspace(0.0, 1.0, 11)[None, :]
+    od = xr.DataArray(60.0 * (s.LFP.values[:, None, None] * x + s.FP.values[:, None, None] * (1 - x)),
+                      dims=("energy", "y", "x"), coords={"energy": ENERGY})
+    ee = xanes.edge_energy(od).values[0]
+    assert np.all(np.diff(ee) < 0)  # monotonic: Fe2+ lies lower
+    assert 0.7 < ee[0] - ee[-1] < 2.0  # centroids of the L3 lines 708 / 710 eV, with the step
+    cr = xanes.edge_energy(od, method="crossing").values[0]
+    assert cr[0] > cr[-1]
+    with pytest.raises(ValueError, match="method"):
+        xanes.edge_energy(od, method="peak")
