@@ -1673,7 +1673,7 @@ def edge_energy(od: xr.DataArray, *, method: str = "centroid", level: float = 0.
     >>> od = xr.DataArray(np.stack([50 * refs.LFP.values, 50 * refs.FP.values], axis=1)[:, None, :],
     ...                   dims=("energy", "y", "x"), coords={"energy": e})
     >>> np.round(edge_energy(od).values[0], 1).tolist()
-    [709.0, 710.0]
+    [709.1, 710.0]
     """
     energy, _ = _od_matrix(od)
     _validate.choice(method, ("centroid", "crossing"), name="method")
