@@ -1528,7 +1528,7 @@ def fit_components(od: xr.DataArray, references: xr.Dataset, *, normalise: bool 
 
 
 def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters: int = 3,
-                    normalise: bool = True, rng=None) -> xr.Dataset:
+                    normalise: str | None = "area", rng=None) -> xr.Dataset:
     """PCA of the spectra inside `mask`, k-means clusters of the PCA scores, and their mean spectra.
 
     The MANTiS / TXM-Wizard route to "which spectrally distinct regions are there",
@@ -1544,8 +1544,14 @@ def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters
         Principal components kept for clustering.
     n_clusters : int
         Number of k-means clusters.
-    normalise : bool
-        Cluster edge-normalised spectra (:func:`normalise_edge`, shape not thickness).
+    normalise : {"area", "edge", None}
+        Cluster spectra of the same scale, so that shape, not thickness, decides:
+        ``"area"`` (default) divides each pre-edge-subtracted spectrum by its
+        integral over the L3 white lines (705–713 eV), large and well measured
+        (pixels with less than 20 % of the median area are left out, label −1);
+        ``"edge"`` uses :func:`normalise_edge` — at the L edge the step is ~10× smaller
+        than the white lines, so thin pixels come out noisy and k-means spends clusters
+        on them; ``None`` clusters the OD as it is.
     rng : numpy.random.Generator or int, optional
         Seeds k-means.
 
@@ -1553,7 +1559,7 @@ def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters
     -------
     xarray.Dataset
         ``labels`` ``(y, x)`` (int, −1 outside `mask`), ``mean_spectrum``
-        ``(cluster, energy)`` (mean OD of each cluster; normalised if `normalise`),
+        ``(cluster, energy)`` (mean spectrum of each cluster, normalised as chosen),
         ``explained_variance_ratio`` ``(component,)`` and ``scores`` ``(component, y, x)``.
         Clusters are numbered by increasing mean edge energy (:func:`edge_energy`
         of the mean spectrum), so the numbering does not depend on the seed.
@@ -1578,8 +1584,22 @@ def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters
         if not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     gen = _validate.rng(rng)
-    spec = normalise_edge(od) if normalise else od
-    Y = np.asarray(spec.values, float)[:, m].T  # (pixels, energy)
+    _validate.choice(normalise, ("area", "edge", None), name="normalise")
+    if normalise == "edge":
+        Y = np.asarray(normalise_edge(od).values, float)[:, m].T  # (pixels, energy)
+    else:
+        Y = np.asarray(od.values, float)[:, m].T
+        if normalise == "area":
+            pre = energy < 705.0
+            Y = Y - (Y[:, pre].mean(axis=1, keepdims=True) if pre.any() else 0.0)
+            win = (energy >= 705.0) & (energy <= 713.0)
+            if win.sum() < 2:
+                raise ValueError("normalise='area' needs energies across 705-713 eV")
+            area = np.trapz(Y[:, win], energy[win], axis=1)
+            # too little iron to have a shape (thin rim, holes): left out (label -1), not an outlier cluster
+            weak = ~(area > 0.2 * _quiet(np.nanmedian, area))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                Y = Y / np.where(weak, np.nan, area)[:, None]
     keep = np.isfinite(Y).all(axis=1)
     if keep.sum() < max(n_clusters, n_components + 1):
         raise ValueError(f"mask selects {int(keep.sum())} pixels with finite spectra; need at least "
@@ -1608,7 +1628,7 @@ def cluster_spectra(od: xr.DataArray, *, mask, n_components: int = 3, n_clusters
          "scores": (("component", "y", "x"), sc, {"units": "1", "long_name": "PCA scores"})},
         coords={"energy": od["energy"], "cluster": np.arange(n_clusters), "component": comp,
                 **{kk: v for kk, v in od.coords.items() if set(v.dims) <= {"y", "x"} and kk != "edge_step"}},
-        attrs={"normalised": int(normalise)},
+        attrs={"normalised": str(normalise)},
     )
 
 

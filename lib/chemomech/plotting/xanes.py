@@ -230,7 +230,9 @@ def xanes_clusters(clusters: xr.Dataset, edge: xr.DataArray | None = None):
     for i in range(n):
         ax.plot(clusters["energy"], clusters["mean_spectrum"][i], color=colours[i], label=f"cluster {i}")
     ax.set_xlabel("photon energy (eV)")
-    ax.set_ylabel("normalised absorption" if clusters.attrs.get("normalised") else "optical density")
+    norm = clusters.attrs.get("normalised", "None")
+    ax.set_ylabel({"area": "absorption / L3 area (1/eV)", "edge": "edge-normalised absorption"}.get(
+        norm, "optical density"))
     ax.set_title("mean spectra", fontsize=9)
     ax.legend(fontsize=7)
     if edge is not None:
