@@ -54,6 +54,25 @@ def test_reference_spectra_have_literature_peaks_ratios_and_scale():
     assert "not measured" in refs.attrs["source"]
 
 
+def test_reference_background_and_edge_steps_are_the_tabulated_ones():
+    # away from the white lines the model must give the tabulated (Chantler) absorption, so that
+    # thicknesses are right in nm; the tails of the white lines add < 3 % at 700 eV
+    tab = materials.TABULATED_ABSORPTION_PER_NM
+    refs = xanes.reference_spectra()
+    for k in ("LFP", "FP"):
+        assert_allclose(float(refs[k].interp(energy=700.0)), tab[k]["pre_700"], rtol=0.03)
+        # net step at 740 eV over the extrapolated pre-edge: L3 + L2 (the arctan steps are at 99 % there
+        # and the model's own background is 1.4 % below the table: -3 %), plus what remains of the
+        # white-line tails 17 eV past the L2 lines (< 10 % of the step)
+        pre_740 = tab[k]["pre_700"] * (740.0 / 700.0) ** -tab["pre_exponent"]
+        step = float(refs[k].interp(energy=740.0)) - pre_740
+        assert 0.95 <= step / (tab[k]["L3_step"] + tab[k]["L2_step"]) <= 1.1
+    # phase per nm from tabulated delta vs amplitude attenuation below the edge: ~3x, not ~10x
+    assert 2.5 < materials.PHASE_PER_NM / (tab["LFP"]["pre_700"] / 2) < 4.0
+    # Fe densities from the lattice parameters: FePO4 holds ~7 % more Fe per volume
+    assert_allclose(materials.FE_DENSITY_RATIO_FP_LFP, 1.0697, atol=1e-4)
+
+
 def test_reference_spectra_on_user_energies_and_bad_energies():
     refs = xanes.reference_spectra([700.0, 708.0, 712.0])
     assert refs.LFP.shape == (3,)

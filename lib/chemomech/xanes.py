@@ -2,21 +2,35 @@
 
 The pipeline of :func:`map_lithium`, each step also available on its own:
 
-1. :func:`estimate_drift` — frame-to-frame drift, by sub-pixel phase correlation of
+0. :func:`find_failed_frames` — frames that are all zero, all NaN or far outside the
+   stack's statistics are dropped with a warning naming their energies.
+1. :func:`estimate_drift` — the shift of every frame on its own (spectro-ptychography
+   reconstructs each energy separately, so offsets jump): coarse correlation of
    gradient-magnitude images (robust to the LFP/FP contrast flip between 708 and
-   710 eV), against a running reference; shifts smoothed across energy.
+   710 eV, blind near NaN regions and the field edge), then rounds of fitting the
+   aligned stack and registering every frame, sub-pixel, to its own model prediction
+   (absorbance and, for complex objects, phase). Smoothing across energy is opt-in
+   (STXM). :func:`calibrate_references` fits a global energy offset and resolution
+   broadening of the references in every round.
 2. :func:`optical_density` — shift every frame back onto the first frame's grid
    (spline interpolation, edges never wrapped: pixels that moved in become NaN),
    incident intensity per energy from particle-free pixels, OD = −ln(I/I0) or, for a
    complex ptychographic object, OD = −2 ln(|O|/|O_bg|).
 3. :func:`fit_spectra` — per-pixel non-negative least squares OD(E) = a·μ_LFP(E) +
-   b·μ_FP(E) + c, vectorised over pixels (exact active-set enumeration), X = a/(a+b),
-   thickness = a + b, σ_X by propagating the residual-scaled covariance.
+   b·μ_FP(E) + c, vectorised over pixels (exact active-set enumeration); thickness
+   = a + b, molar X = a/(a + r·b) with r the FePO4/LiFePO4 Fe density ratio, σ_X by
+   propagating the residual-scaled covariance.
 4. :func:`principal_components` — how many spectral components the data hold.
 
+Tools that users of MANTiS, Larch and TXM-Wizard expect: :func:`fit_components`
+(linear-combination fit with N references), :func:`normalise_edge` (pre-/post-edge
+normalisation), :func:`cluster_spectra` (PCA + k-means, mean spectra) and
+:func:`edge_energy` (edge-energy map).
+
 The built-in references (:func:`reference_spectra`) are a documented *model* of the
-Fe L3/L2 spectra of LiFePO4 (Fe²⁺) and FePO4 (Fe³⁺), not measured data; pass your
-own measured references with ``references=``.
+Fe L3/L2 spectra of LiFePO4 (Fe²⁺) and FePO4 (Fe³⁺) — tabulated (Chantler) background
+and edge steps, modelled white lines — not measured data; pass your own measured
+references with ``references=``.
 """
 
 from __future__ import annotations
@@ -90,8 +104,10 @@ def reference_spectra(energy=None) -> xr.Dataset:
     Notes
     -----
     A model, not a measurement: Voigt peaks at literature positions plus arctan
-    L3/L2 edge steps and a smooth non-resonant background (:data:`chemomech.materials.FE_L_EDGE_MODEL`),
-    scaled so that 100 nm of LiFePO4 has OD ≈ 1 at 708 eV (:data:`chemomech.materials.OD_PER_NM_LFP_708`).
+    L3/L2 edge steps and a smooth non-resonant background (:data:`chemomech.materials.FE_L_EDGE_MODEL`);
+    background and edge steps are the tabulated (Chantler) values of
+    :data:`chemomech.materials.TABULATED_ABSORPTION_PER_NM`, the white lines are set so that
+    100 nm of LiFePO4 has OD ≈ 1 at 708 eV (:data:`chemomech.materials.OD_PER_NM_LFP_708`).
     :func:`map_lithium` interpolates these tabulated values linearly onto the stack
     energies; the simulator :mod:`chemomech.twin.ptycho` evaluates the same peak table
     with its own code, convolved with the beamline bandwidth, so fit and simulation

@@ -3,17 +3,22 @@
 The measurement simulator for :mod:`chemomech.xanes`, kept on a separate code path
 from the analysis (no inverse crime):
 
-- spectra: the peak table :data:`chemomech.xanes.FE_L_EDGE_MODEL` is evaluated
+- spectra: the peak table :data:`chemomech.materials.FE_L_EDGE_MODEL` is evaluated
   here with its own code — Lorentzians convolved numerically with their Gaussian
-  width on a 0.01 eV grid, then with the beamline bandwidth (resolving power
-  ~5000) — whereas the analysis interpolates the 0.05 eV tabulation of
-  :func:`chemomech.xanes.reference_spectra` (exact Voigt profiles, no bandwidth);
-- geometry: every frame samples the particle's analytic fields at its own drifted
+  width on a 0.01 eV grid, then with the beamline bandwidth — whereas the analysis
+  interpolates the 0.05 eV tabulation of :func:`chemomech.xanes.reference_spectra`
+  (exact Voigt profiles, no bandwidth); the molar fraction x of the particle is
+  turned into LiFePO4/FePO4 volume fractions with the phases' Fe densities;
+- geometry: every frame samples the particle's analytic fields at its own shifted
   positions with sub-pixel supersampling (the transmission is averaged within a
   pixel), so no frame is made by interpolating another;
 - noise: per-energy incident flux, reconstruction (complex Gaussian) or Poisson
   noise, an amplitude scale and global phase per ptychographic reconstruction, a
-  weakly absorbing Si3N4 membrane with a slight thickness gradient, stray light.
+  weakly absorbing Si3N4 membrane with a slight thickness gradient, stray light;
+- realism (``preset="realistic"``, :data:`PRESETS`): independent per-frame offsets,
+  an energy-calibration offset, a coarser resolution than the analysis' references,
+  incident-flux jumps, a linear phase ramp per reconstruction and ringing along the
+  edge of the reconstructed field.
 """
 
 from __future__ import annotations
