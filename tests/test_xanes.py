@@ -372,6 +372,8 @@ def test_acceptance_realistic_stack(seed):
     err = (res.X - truth.X).values[ok]
     assert np.sqrt(np.mean(err**2)) <= 0.02
     assert 0.6 <= np.mean(np.abs(err) <= res.X_sigma.values[ok]) <= 0.8
+    rim = ndimage.binary_dilation(truth.mask.values, iterations=1)
+    assert not np.any(res.mask.values & ~rim)  # no membrane specks, no ringing edge in the mask
     ratio = res.thickness.values[ok] / truth.thickness.values[ok]
     assert abs(np.median(ratio) - 1.0) <= 0.05  # thickness in nm, absolute
     # without the calibration the white lines sit 0.3 eV off: X and thickness are visibly worse
