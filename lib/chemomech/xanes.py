@@ -222,6 +222,17 @@ def find_failed_frames(stack: xr.DataArray, *, z_max: float = 20.0) -> np.ndarra
 # --- drift ----------------------------------------------------------------------------
 
 _BORDER_PX = 6  # default margin of the reconstructed field left out (ptychography rings at its edge)
+
+
+def _resolve_border(border, stack: xr.DataArray) -> int:
+    """``None`` → automatic: complex (ptychography) stacks lose min(6, min(ny, nx) // 16) px, intensities 0."""
+    if border is None:
+        if not np.iscomplexobj(stack.values):
+            return 0
+        return int(min(_BORDER_PX, min(stack.shape[1:]) // 16))
+    if not isinstance(border, (int, np.integer)) or border < 0:
+        raise ValueError(f"border must be an int >= 0 or None, got {border!r}")
+    return int(border)
 _MIN_REGION_PX = 5  # particle components smaller than this (px) are specks of membrane noise
 _REFINE_ROUNDS = 2  # rounds of (calibrate, fit, predict, register) in map_lithium
 
@@ -502,7 +513,7 @@ def _shifts_da(d: np.ndarray, energy, *, long_name: str = "drift removed (specim
 
 def estimate_drift(stack: xr.DataArray, *, references: xr.Dataset | None = None, background=None,
                    refine: int = 3, sigma_px: float = 1.5, upsample_factor: int = 20,
-                   smooth_frames: float = 0.0, border: int = _BORDER_PX, calibrate: bool = True) -> xr.DataArray:
+                   smooth_frames: float = 0.0, border: int | None = None, calibrate: bool = True) -> xr.DataArray:
     """Shift of every frame of an energy stack, in pixels, relative to the first frame.
 
     Parameters
@@ -524,7 +535,8 @@ def estimate_drift(stack: xr.DataArray, *, references: xr.Dataset | None = None,
         scanning (STXM) stacks whose drift is slow; 0 (default) = every frame on its own,
         as for spectro-ptychography, where each energy is its own reconstruction.
     border : int, optional
-        Pixels along the edge of the field left out (reconstruction artefacts).
+        Pixels along the edge of the field left out (reconstruction artefacts);
+        ``None`` = min(6, min(ny, nx) // 16) for complex stacks, 0 for intensities.
     calibrate : bool, optional
         Fit the energy offset and resolution of the references in every round
         (:func:`calibrate_references`), so that the predictions match the frames.
@@ -565,7 +577,8 @@ def estimate_drift(stack: xr.DataArray, *, references: xr.Dataset | None = None,
     energy = stack["energy"].values.astype(float)
     refs = reference_spectra() if references is None else _check_references(references, energy)
     out = _align(stack, refs, background=background, refine=refine, sigma_px=sigma_px,
-                 upsample_factor=upsample_factor, smooth_frames=smooth_frames, border=border, calibrate=calibrate)
+                 upsample_factor=upsample_factor, smooth_frames=smooth_frames,
+                 border=_resolve_border(border, stack), calibrate=calibrate)
     da = _shifts_da(out["d"], stack["energy"])
     da.attrs.update(sigma=out["sigma"], energy_offset_ev=out["energy_offset_ev"],
                     broadening_ev=out["broadening_ev"])
@@ -777,7 +790,7 @@ def _otsu_particle(jump: np.ndarray) -> np.ndarray:
 
 
 def optical_density(stack: xr.DataArray, *, shifts: xr.DataArray | None = None,
-                    background=None, border: int = _BORDER_PX) -> xr.DataArray:
+                    background=None, border: int | None = None) -> xr.DataArray:
     """Optical density of an energy stack on the grid of its first frame.
 
     Parameters
@@ -795,7 +808,8 @@ def optical_density(stack: xr.DataArray, *, shifts: xr.DataArray | None = None,
         Fe edge jump (Otsu threshold, particle dilated by 4 px), leaving out `border`.
     border : int, optional
         Pixels along the edge of the field not used as automatic background
-        (ptychographic reconstructions ring there).
+        (ptychographic reconstructions ring there) unless nothing else is left;
+        ``None`` = as :func:`map_lithium`.
 
     Returns
     -------
@@ -820,6 +834,7 @@ def optical_density(stack: xr.DataArray, *, shifts: xr.DataArray | None = None,
     0.693
     """
     _validate.energy_stack(stack)
+    border = _resolve_border(border, stack)
     L = _absorbance(stack)
     energy = stack["energy"].values.astype(float)
     if shifts is not None:
@@ -831,7 +846,9 @@ def optical_density(stack: xr.DataArray, *, shifts: xr.DataArray | None = None,
     particle = _otsu_particle(_edge_jump(L, energy))
     if background is None:
         near = ndimage.binary_dilation(particle, iterations=4)
-        bg = ~near & np.isfinite(L).all(axis=0) & ~_border_mask(shape, int(border))
+        bg = ~near & np.isfinite(L).all(axis=0)
+        if (bg & ~_border_mask(shape, border)).sum() >= 20:  # the field's edge only if nothing else is left
+            bg &= ~_border_mask(shape, border)
         if bg.sum() < 20:
             raise ValueError(f"automatic background detection found only {int(bg.sum())} particle-free "
                              "pixels; pass background= (a boolean (y, x) mask of membrane pixels)")
@@ -1209,7 +1226,7 @@ def principal_components(od: xr.DataArray, *, mask, noise=None, n_components: in
 
 def map_lithium(stack: xr.DataArray, *, references: xr.Dataset | None = None, align: bool = True,
                 background=None, od_max: float = OD_SATURATION, max_sigma: float = 0.25,
-                calibrate: bool = True, smooth_frames: float = 0.0, border: int = _BORDER_PX,
+                calibrate: bool = True, smooth_frames: float = 0.0, border: int | None = None,
                 fe_density_ratio: float = FE_DENSITY_RATIO_FP_LFP, drop_failed: bool = True) -> xr.Dataset:
     """Map the Li fraction X of Li_xFePO4 from an Fe L-edge energy stack.
 
@@ -1240,7 +1257,8 @@ def map_lithium(stack: xr.DataArray, *, references: xr.Dataset | None = None, al
     smooth_frames : float, optional
         Opt-in smoothing of the shifts across energy (frames), for STXM stacks.
     border : int, optional
-        Pixels along the field edge left out (reconstruction ringing).
+        Pixels along the field edge left out (reconstruction ringing); ``None`` =
+        min(6, min(ny, nx) // 16) for complex (ptychography) stacks, 0 for intensities.
     fe_density_ratio : float, optional
         FePO4/LiFePO4 Fe density used to turn the volume fraction into the molar
         fraction X (see :func:`fit_spectra`).
@@ -1302,6 +1320,7 @@ def map_lithium(stack: xr.DataArray, *, references: xr.Dataset | None = None, al
                       "(all zero, all NaN or far outside the stack's statistics)", RuntimeWarning, stacklevel=2)
     st = stack.isel(energy=np.flatnonzero(~failed))
     _validate.energy_stack(st)
+    border = _resolve_border(border, st)
     energy = st["energy"].values.astype(float)
     refs = reference_spectra() if references is None else references
     _check_references(refs, energy)
@@ -1320,7 +1339,7 @@ def map_lithium(stack: xr.DataArray, *, references: xr.Dataset | None = None, al
         refs_used = calibrate_references(od, references=refs, mask=_calibration_mask(first))
         cal = (refs_used.attrs["energy_offset_ev"], refs_used.attrs["broadening_ev"])
     fit = fit_spectra(od, references=refs_used, fe_density_ratio=fe_density_ratio)
-    valid = np.isfinite(od.values).all(axis=0) & ~_border_mask(od.shape[1:], int(border))
+    valid = np.isfinite(od.values).all(axis=0) & ~_border_mask(od.shape[1:], border)
     n_bg = od.attrs["background"]
     t = fit["thickness"].values
     # particle: Fe thickness far above the background's scatter
