@@ -71,7 +71,9 @@ def test_noise_free_object_gives_the_expected_optical_density(particle):
     od = -2 * np.log(amp / np.median(amp[:, bg], axis=1)[:, None, None])
     s = ptycho.model_spectra(e)
     X, t = truth.X.values, truth.thickness.values
-    expect = t * (X * s.LFP.values[:, None, None] + (1 - X) * s.FP.values[:, None, None])
+    r = materials.FE_DENSITY_RATIO_FP_LFP
+    v = X * r / (X * r + 1 - X)  # molar x -> LiFePO4 volume fraction (FePO4 packs 7 % more Fe per volume)
+    expect = t * (v * s.LFP.values[:, None, None] + (1 - v) * s.FP.values[:, None, None])
     m = truth.interior.values
     # membrane thickness gradient (3 % of OD 0.1 across the field) is the only difference
     assert_allclose(od[:, m], expect[:, m], atol=0.004)
@@ -137,3 +139,47 @@ def test_mirrored_stack_and_its_index_map():
     assert np.allclose(np.abs(flip.values), np.abs(plain.values[..., ::-1]))
     assert np.array_equal(tf["mask"].values, tp["mask"].values[:, ::-1])
     assert tf.attrs["mirrored"] == 1 and tp.attrs["mirrored"] == 0
+
+
+def test_frame_offsets_are_independent_and_bounded():
+    d = ptycho.frame_offsets(200, max_px=4.0, rng=3)
+    assert d.shape == (200, 2) and np.all(d[0] == 0) and np.abs(d).max() <= 4.0
+    # independent draws: uniform on [-4, 4] has sd 4/sqrt(3) = 2.31; consecutive frames are uncorrelated
+    assert_allclose(d[1:].std(axis=0), 4.0 / np.sqrt(3.0), rtol=0.15)  # 199 draws: sd error ~5 %
+    lag1 = [np.corrcoef(d[1:-1, i], d[2:, i])[0, 1] for i in range(2)]
+    assert np.all(np.abs(lag1) < 0.25)  # |r| < 3.5 / sqrt(199)
+    assert np.sqrt(np.mean(np.diff(d[1:], axis=0) ** 2)) > 2.5  # jumps, not a slow drift
+
+
+def test_realistic_preset_has_offsets_calibration_error_broadening_and_artefacts(particle):
+    e = np.array([700.0, 706.0, 708.0, 710.0, 715.0, 720.0])
+    kw = dict(energies=e, shape=(40, 52), pixel_size_nm=6.0, rng=5)
+    ideal, ti = ptycho.simulate_stack(particle, noise=0.0, **kw)
+    real, tr = ptycho.simulate_stack(particle, preset="realistic", noise=0.0, **kw)
+    assert tr.attrs["energy_offset_ev"] == 0.3 and tr.attrs["bandwidth_ev"] == 0.35 and tr.attrs["artefacts"] == 1
+    assert ti.attrs["energy_offset_ev"] == 0.0 and ti.attrs["artefacts"] == 0
+    _, t_drift = ptycho.simulate_stack(particle, preset="realistic", frame_offset_px=0.0, noise=0.0, **kw)
+    offsets = tr.shifts.values - t_drift.shifts.values  # same seed: the same drift path
+    assert np.abs(offsets).max() <= 4.0 and np.abs(np.diff(offsets, axis=0)).max() > 1.0
+    # explicit options override the preset
+    _, t2 = ptycho.simulate_stack(particle, preset="realistic", energy_offset_ev=0.0, frame_offset_px=0.0,
+                                  artefacts=False, **kw)
+    # only the 3 px drift remains: steps of 3 px / 5 frames plus its small random walk
+    assert t2.attrs["energy_offset_ev"] == 0.0 and np.abs(np.diff(t2.shifts.values, axis=0)).max() < 0.8
+    # the calibration error moves the spectra: the stack at nominal 708 eV shows the true 708.3 eV
+    s = ptycho.model_spectra([708.3], bandwidth_ev=0.35)
+    s0 = ptycho.model_spectra([708.0], bandwidth_ev=0.35)
+    assert abs(float(s.LFP[0] - s0.LFP[0])) > 0.0005
+    # edge ringing: the outermost pixels of a realistic frame deviate from the membrane level
+    amp_r, amp_i = np.abs(real.values[0]), np.abs(ideal.values[0])
+    ring = lambda a: abs(a[0, 10:-10].mean() - a[2, 10:-10].mean()) / a[1:3, 10:-10].mean()  # noqa: E731
+    # ringing amplitude >= 5 % at the edge, 0.4x that (opposite sign) two pixels in: >= 6 % apart;
+    # the ideal frame only has the 3 % membrane gradient across the whole field (< 0.5 % per 2 px)
+    assert ring(amp_r) > 0.05 and ring(amp_i) < 0.005
+    # a linear phase ramp: the phase difference between neighbours is far from zero in some frame
+    ramp = [abs(np.angle(np.sum(f[:, 1:] * np.conj(f[:, :-1])))) for f in real.values]
+    assert max(ramp) > 0.01
+    with pytest.raises(ValueError, match="preset"):
+        ptycho.simulate_stack(particle, preset="perfect", **kw)
+    with pytest.raises(ValueError, match="energy_offset_ev"):
+        ptycho.simulate_stack(particle, energy_offset_ev=20.0, **kw)

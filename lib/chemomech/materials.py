@@ -34,6 +34,12 @@ __all__ = [
     "OD_SATURATION",
     "FE_L_EDGE_MODEL",
     "PHASE_PER_NM",
+    "FE_PER_A3_LFP",
+    "FE_PER_A3_FP",
+    "FE_DENSITY_RATIO_FP_LFP",
+    "DENSITY_LFP_G_CM3",
+    "DENSITY_FP_G_CM3",
+    "TABULATED_ABSORPTION_PER_NM",
 ]
 
 # --- lattices -----------------------------------------------------------------------------
@@ -83,39 +89,71 @@ C_LIFEPO4_GPA = _orthotropic(138.9, 198.0, 173.0, 36.8, 50.6, 47.6, 72.7, 52.5, 
 #: Stöhr & Idzerda, Phys. Rev. B 59, 6421 (1999)), i.e. μ ≈ 0.05–0.06 /nm at 7.87 g/cm³
 #: of Fe; LiFePO4 holds 1.27 g/cm³ of Fe, so μ ≈ 0.009 /nm. We take 0.010 /nm: ~100 nm
 #: of LiFePO4 has an OD of about 1 at 708 eV, as in STXM of LFP platelets (Lim et al.
-#: 2016).
+#: 2016). (Tabulated atomic cross-sections have no white lines, so this number stays an
+#: estimate; the background and edge steps below are tabulated.)
 OD_PER_NM_LFP_708 = 0.010
 #: Optical density above which a pixel is treated as saturated (too thick: stray
 #: light and higher harmonics make OD non-linear in thickness).
 OD_SATURATION = 1.5
 
-#: The Fe L-edge reference model. Each phase has Voigt peaks ``(centre_eV, height,
-#: gaussian_fwhm_eV, lorentzian_fwhm_eV)`` (height relative to the LFP 708 eV peak),
-#: arctan edge steps ``(centre_eV, height, width_eV)`` for L3 and L2 (2:1 branching)
-#: and a non-resonant background ``pre * (E / 700 eV)**-3`` (O, P, Li and Fe M-shell
-#: absorption). Peak positions follow the literature: Fe²⁺ main L3 peak at 708 eV with
-#: a weak 706.8 eV pre-shoulder and a 710 eV shoulder; Fe³⁺ main peak at 710 eV with a
-#: 708 eV pre-peak; L2 at 721–724 eV (Lim et al. 2016; Yu et al. 2018). Heights are
-#: tuned so that OD(710)/OD(708) = 0.50 for LiFePO4 and 2.12 for FePO4 (published
-#: ratios ≈ 0.5 and ≈ 2.1). The whole model is multiplied by ``scale_per_nm`` so that
-#: LiFePO4 has :data:`OD_PER_NM_LFP_708` at 708 eV; both phases share the scale (same
-#: Fe density within 7 %).
+#: Fe atoms per Å³ in LiFePO4 and FePO4: 4 formula units per Pnma cell (lattice
+#: parameters above). FePO4 holds 6.97 % more Fe per volume than LiFePO4.
+FE_PER_A3_LFP = 4.0 / (LATTICE_LFP_ANGSTROM[0] * LATTICE_LFP_ANGSTROM[1] * LATTICE_LFP_ANGSTROM[2])
+FE_PER_A3_FP = 4.0 / (LATTICE_FP_ANGSTROM[0] * LATTICE_FP_ANGSTROM[1] * LATTICE_FP_ANGSTROM[2])
+#: Ratio of Fe densities FePO4 / LiFePO4 (≈ 1.070): converts the volume fraction
+#: a/(a + b) of a two-reference fit into the molar fraction x of Li_xFePO4.
+FE_DENSITY_RATIO_FP_LFP = FE_PER_A3_FP / FE_PER_A3_LFP
+#: Mass densities from the lattice parameters (4 formula units per cell), g/cm³:
+#: LiFePO4 3.596, FePO4 3.678.
+DENSITY_LFP_G_CM3 = 3.5965
+DENSITY_FP_G_CM3 = 3.6780
+
+#: Tabulated (atomic, non-resonant) soft X-ray absorption of LiFePO4 and FePO4 near the
+#: Fe L edge, natural-log OD per nm, from the Chantler (2000) tables as distributed by
+#: ``xraydb`` 4.5.8 (``material_mu`` with the densities above; Henke et al. 1993 agree
+#: within a few %): pre-edge at 700 eV (fitted over 680–705 eV as μ ∝ E^−2.25) and the
+#: net L3 and L2 edge jumps (the tabulated μ above the edge minus the extrapolated
+#: pre-edge, at 718 eV and at 730 eV). References: C. T. Chantler, J. Phys. Chem. Ref.
+#: Data 29, 597 (2000); B. L. Henke, E. M. Gullikson, J. C. Davis, At. Data Nucl. Data
+#: Tables 54, 181 (1993).
+TABULATED_ABSORPTION_PER_NM = {
+    "LFP": {"pre_700": 0.00219, "L3_step": 0.00070, "L2_step": 0.00058},
+    "FP": {"pre_700": 0.00233, "L3_step": 0.00075, "L2_step": 0.00062},
+    "pre_exponent": 2.25,
+}
+
+#: The Fe L-edge reference model, absorption per nm of each phase (natural-log OD, 1/nm).
+#: Each phase has Voigt peaks ``(centre_eV, height_per_nm, gaussian_fwhm_eV,
+#: lorentzian_fwhm_eV)``, arctan edge steps ``(centre_eV, height_per_nm, width_eV)`` for
+#: L3 and L2, and a non-resonant background ``pre * (E / 700 eV) ** -pre_exponent``
+#: (O, P, Li and Fe M-shell absorption). Background and edge steps are the tabulated
+#: values of :data:`TABULATED_ABSORPTION_PER_NM` (``pre`` slightly below ``pre_700`` so
+#: that the total at 700 eV, with the tails of peaks and steps, matches the table).
+#: Peak positions follow the literature: Fe²⁺ main L3 peak at 708 eV with a weak 706.8
+#: eV pre-shoulder and a 710 eV shoulder; Fe³⁺ main peak at 710 eV with a 708 eV
+#: pre-peak; L2 at 721–724 eV (Lim et al. 2016; Yu et al. 2018). Peak heights are set
+#: so that LiFePO4 has :data:`OD_PER_NM_LFP_708` at 708 eV and OD(710)/OD(708) = 0.50
+#: for LiFePO4 and 2.12 for FePO4 (published ratios ≈ 0.5 and ≈ 2.1); the FePO4 peaks
+#: are those of LiFePO4's per-Fe scale times :data:`FE_DENSITY_RATIO_FP_LFP`.
 FE_L_EDGE_MODEL = {
-    "scale_per_nm": OD_PER_NM_LFP_708 / 1.14732,
+    "pre_exponent": TABULATED_ABSORPTION_PER_NM["pre_exponent"],
     "LFP": {
-        "peaks": ((706.8, 0.12, 0.5, 0.5), (708.0, 1.0, 0.55, 0.55), (709.9, 0.265, 0.8, 0.8),
-                  (711.5, 0.10, 1.2, 1.0), (720.8, 0.26, 0.8, 1.2), (722.7, 0.12, 1.0, 1.5)),
-        "steps": ((708.6, 0.22, 1.0), (721.3, 0.11, 1.0)),
-        "pre": 0.07,
+        "peaks": ((706.8, 0.001046, 0.5, 0.5), (708.0, 0.007501, 0.55, 0.55), (709.9, 0.001898, 0.8, 0.8),
+                  (711.5, 0.000872, 1.2, 1.0), (720.8, 0.002266, 0.8, 1.2), (722.7, 0.001046, 1.0, 1.5)),
+        "steps": ((708.6, 0.00070, 1.0), (721.3, 0.00058, 1.0)),
+        "pre": 0.00216,
     },
     "FP": {
-        "peaks": ((708.0, 0.43, 0.55, 0.55), (710.0, 1.0, 0.6, 0.7), (711.5, 0.22, 1.0, 1.0),
-                  (722.2, 0.18, 0.8, 1.2), (723.8, 0.24, 1.0, 1.5)),
-        "steps": ((710.3, 0.22, 1.0), (722.8, 0.11, 1.0)),
-        "pre": 0.07,
+        "peaks": ((708.0, 0.003032, 0.55, 0.55), (710.0, 0.009324, 0.6, 0.7), (711.5, 0.002051, 1.0, 1.0),
+                  (722.2, 0.001678, 0.8, 1.2), (723.8, 0.002238, 1.0, 1.5)),
+        "steps": ((710.3, 0.00075, 1.0), (722.8, 0.00062, 1.0)),
+        "pre": 0.00229,
     },
 }
 
-#: Phase shift of soft X-rays per nm of Li_xFePO4 far from the edge, rad/nm: k·δ with
-#: δ ≈ 1e-3 at λ = 1.77 nm (700 eV).
+#: Phase shift of soft X-rays per nm of Li_xFePO4 far from the edge, rad/nm: 2π·δ/λ with
+#: δ = 0.99e-3 (LiFePO4) and 1.00e-3 (FePO4) at 700 eV (λ = 1.771 nm), Chantler (2000)
+#: via ``xraydb.xray_delta_beta`` with the densities above (0.00352 and 0.00353 rad/nm).
+#: Against the pre-edge amplitude attenuation (OD/2 = 0.0011 per nm) the phase carries
+#: thickness with about 3× the contrast.
 PHASE_PER_NM = 0.0035

@@ -10,6 +10,7 @@ from ._common import STRAIN_CMAP, X_CMAP, image_panel, new_figure
 
 __all__ = [
     "xanes_calibration",
+    "xanes_clusters",
     "xanes_drift",
     "xanes_histograms",
     "xanes_maps",
@@ -62,14 +63,14 @@ def xanes_spectra(references: xr.Dataset, od: xr.DataArray | None = None, model:
 
 def xanes_drift(shifts: xr.DataArray, truth: xr.DataArray | None = None, *, od_raw=None, od_aligned=None,
                 level: float = 0.15):
-    """Drift across energy (estimated and true) and the particle outline before and after alignment.
+    """Shift of every frame (estimated and true) and the particle outline before and after alignment.
 
     Parameters
     ----------
     shifts : xarray.DataArray
-        ``(energy, axis)`` estimated drift, px.
+        ``(energy, axis)`` estimated shifts (drift plus per-frame offsets), px.
     truth : xarray.DataArray, optional
-        ``(energy, axis)`` true drift, px.
+        ``(energy, axis)`` true shifts, px.
     od_raw, od_aligned : xarray.DataArray, optional
         OD stacks before and after alignment; the outline (OD contour at `level`) of
         the first and last frames is drawn for each.
@@ -79,14 +80,14 @@ def xanes_drift(shifts: xr.DataArray, truth: xr.DataArray | None = None, *, od_r
     e = shifts["energy"].values
     for j, axis in enumerate(("y", "x")):
         ax = axes[0, j]
-        ax.plot(e, shifts.sel(axis=axis), "-", color="k", label="estimated")
+        ax.plot(e, shifts.sel(axis=axis), ".-", ms=4, lw=0.5, color="k", label="estimated")
         if truth is not None:
-            ax.plot(e, truth.sel(axis=axis), "--", color="tab:red", label="true")
+            ax.plot(e, truth.sel(axis=axis), "o", ms=5, mfc="none", color="tab:red", label="true")
             err = shifts.sel(axis=axis) - truth.sel(axis=axis)
             ax.plot(e, err, color="tab:green", lw=0.8, label="estimated − true")
         ax.set_xlabel("photon energy (eV)")
-        ax.set_ylabel(f"drift along {axis} (px)")
-        ax.set_title(f"drift, {axis}", fontsize=9)
+        ax.set_ylabel(f"shift along {axis} (px)")
+        ax.set_title(f"frame shifts, {axis}", fontsize=9)
         ax.legend(fontsize=7)
     for j, (od, title) in enumerate(((od_raw, "before alignment"), (od_aligned, "after alignment"))):
         if od is None:
@@ -204,4 +205,36 @@ def xanes_pitfalls(truth: xr.Dataset, variants: dict):
     for ax, (label, err) in zip(axes[0], errs.items()):
         rms = float(np.sqrt(np.nanmean(err.values**2)))
         image_panel(ax, err, title=f"{label}\nRMS {rms:.3f}", cmap=STRAIN_CMAP, vmin=-vmax, vmax=vmax, units="1")
+    return fig
+
+
+def xanes_clusters(clusters: xr.Dataset, edge: xr.DataArray | None = None):
+    """k-means clusters of the spectra (map and mean spectra) and, optionally, the edge-energy map.
+
+    Parameters
+    ----------
+    clusters : xarray.Dataset
+        Output of :func:`chemomech.xanes.cluster_spectra`.
+    edge : xarray.DataArray, optional
+        Output of :func:`chemomech.xanes.edge_energy` (eV).
+    """
+    from matplotlib.colors import ListedColormap
+
+    n = clusters.sizes["cluster"]
+    fig, axes = new_figure(1, 2 if edge is None else 3, width=3.3, height=2.9)
+    colours = [f"C{i}" for i in range(n)]
+    lab = clusters["labels"].where(clusters["labels"] >= 0)
+    image_panel(axes[0, 0], lab, title="k-means clusters", cmap=ListedColormap(colours), vmin=-0.5,
+                vmax=n - 0.5, units="cluster")
+    ax = axes[0, 1]
+    for i in range(n):
+        ax.plot(clusters["energy"], clusters["mean_spectrum"][i], color=colours[i], label=f"cluster {i}")
+    ax.set_xlabel("photon energy (eV)")
+    norm = clusters.attrs.get("normalised", "None")
+    ax.set_ylabel({"area": "absorption / L3 area (1/eV)", "edge": "edge-normalised absorption"}.get(
+        norm, "optical density"))
+    ax.set_title("mean spectra", fontsize=9)
+    ax.legend(fontsize=7)
+    if edge is not None:
+        image_panel(axes[0, 2], edge, title="edge energy (centroid)", cmap="viridis_r", units="eV")
     return fig

@@ -3,17 +3,22 @@
 The measurement simulator for :mod:`chemomech.xanes`, kept on a separate code path
 from the analysis (no inverse crime):
 
-- spectra: the peak table :data:`chemomech.xanes.FE_L_EDGE_MODEL` is evaluated
+- spectra: the peak table :data:`chemomech.materials.FE_L_EDGE_MODEL` is evaluated
   here with its own code — Lorentzians convolved numerically with their Gaussian
-  width on a 0.01 eV grid, then with the beamline bandwidth (resolving power
-  ~5000) — whereas the analysis interpolates the 0.05 eV tabulation of
-  :func:`chemomech.xanes.reference_spectra` (exact Voigt profiles, no bandwidth);
-- geometry: every frame samples the particle's analytic fields at its own drifted
+  width on a 0.01 eV grid, then with the beamline bandwidth — whereas the analysis
+  interpolates the 0.05 eV tabulation of :func:`chemomech.xanes.reference_spectra`
+  (exact Voigt profiles, no bandwidth); the molar fraction x of the particle is
+  turned into LiFePO4/FePO4 volume fractions with the phases' Fe densities;
+- geometry: every frame samples the particle's analytic fields at its own shifted
   positions with sub-pixel supersampling (the transmission is averaged within a
   pixel), so no frame is made by interpolating another;
 - noise: per-energy incident flux, reconstruction (complex Gaussian) or Poisson
   noise, an amplitude scale and global phase per ptychographic reconstruction, a
-  weakly absorbing Si3N4 membrane with a slight thickness gradient, stray light.
+  weakly absorbing Si3N4 membrane with a slight thickness gradient, stray light;
+- realism (``preset="realistic"``, :data:`PRESETS`): independent per-frame offsets,
+  an energy-calibration offset, a coarser resolution than the analysis' references,
+  incident-flux jumps, a linear phase ramp per reconstruction and ringing along the
+  edge of the reconstructed field.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from scipy import ndimage
 from scipy.signal import hilbert
 
 from .. import _validate
-from ..materials import FE_L_EDGE_MODEL, PHASE_PER_NM
+from ..materials import FE_DENSITY_RATIO_FP_LFP, FE_L_EDGE_MODEL, PHASE_PER_NM
 from .particle import Particle
 
-__all__ = ["BANDWIDTH_EV", "MEMBRANE_OD_700", "energy_grid", "drift_path", "model_spectra",
-           "simulate_stack"]
+__all__ = ["BANDWIDTH_EV", "MEMBRANE_OD_700", "PRESETS", "energy_grid", "drift_path", "frame_offsets",
+           "model_spectra", "simulate_stack"]
 
 #: Beamline bandwidth (FWHM, eV): resolving power E/ΔE ≈ 5000 at 708 eV, typical of
 #: soft X-ray spectro-microscopy beamlines (e.g. ALS 5.3.2 / 7.0.1).
@@ -36,6 +41,20 @@ BANDWIDTH_EV = 0.14
 #: OD of the 50 nm Si3N4 support membrane at 700 eV (attenuation length ≈ 0.5 µm).
 MEMBRANE_OD_700 = 0.1
 _FINE_STEP_EV = 0.01
+
+#: What a stack of each preset contains (see :func:`simulate_stack`). ``"ideal"``: a smooth
+#: drift only, the analysis' energy scale, the beamline bandwidth of :data:`BANDWIDTH_EV`.
+#: ``"realistic"``: every energy reconstructed on its own — an independent offset per frame
+#: (uniform in ±4 px on each axis, on top of the drift), a 0.3 eV energy-calibration
+#: offset (the monochromator reads 0.3 eV low), a coarser resolution (0.35 eV FWHM), ±10 %
+#: random incident-flux jumps, and reconstruction artefacts (a random linear phase ramp
+#: per frame, ringing along the edge of the reconstructed field).
+PRESETS = {
+    "ideal": {"frame_offset_px": 0.0, "energy_offset_ev": 0.0, "bandwidth_ev": BANDWIDTH_EV,
+              "flux_jitter": 0.03, "artefacts": False},
+    "realistic": {"frame_offset_px": 4.0, "energy_offset_ev": 0.3, "bandwidth_ev": 0.35,
+                  "flux_jitter": 0.10, "artefacts": True},
+}
 
 
 def energy_grid(*, fine_step_ev: float = 0.25) -> np.ndarray:
@@ -80,14 +99,13 @@ def model_spectra(energy, *, bandwidth_ev: float = BANDWIDTH_EV) -> xr.Dataset:
     out = {}
     for phase in ("LFP", "FP"):
         spec = FE_L_EDGE_MODEL[phase]
-        mu = spec["pre"] * (700.0 / fine) ** 3
+        mu = spec["pre"] * (700.0 / fine) ** FE_L_EDGE_MODEL["pre_exponent"]
         for c, h, gf, lf in spec["peaks"]:
             line = 1.0 / (1.0 + ((fine - c) / (lf / 2.0)) ** 2)  # Lorentzian
             line = ndimage.gaussian_filter1d(line, gf * to_samples, mode="nearest")
             mu = mu + h * line / line.max()
         for c, h, w in spec["steps"]:
             mu = mu + h * (np.arctan((fine - c) * 2.0 / w) / np.pi + 0.5)
-        mu = mu * FE_L_EDGE_MODEL["scale_per_nm"]
         if bw > 0:
             mu = ndimage.gaussian_filter1d(mu, bw * to_samples, mode="nearest")
         # anomalous dispersion from Kramers-Kronig (Hilbert transform of the absorption)
@@ -124,13 +142,43 @@ def drift_path(n_energy: int, *, total_px: float = 3.0, jitter_px: float = 0.01,
     return d - d[0]
 
 
+def frame_offsets(n_energy: int, *, max_px: float = 4.0, rng=None) -> np.ndarray:
+    """Independent offsets of separately reconstructed frames, ``(n_energy, 2)`` px, zero at frame 0.
+
+    Each energy of a spectro-ptychography stack is its own reconstruction, placed with
+    its own stage position and an arbitrary origin: the offsets jump from one energy
+    to the next (uniform in ±`max_px` on each axis), they do not drift slowly.
+
+    Examples
+    --------
+    >>> d = frame_offsets(60, max_px=4.0, rng=1)
+    >>> d.shape, bool(np.all(d[0] == 0)), bool(np.abs(d).max() <= 4.0), bool(np.abs(np.diff(d, axis=0)).max() > 2)
+    ((60, 2), True, True, True)
+    """
+    gen = _validate.rng(rng)
+    m = _validate.positive(max_px, name="max_px", allow_zero=True)
+    d = gen.uniform(-m, m, (int(n_energy), 2))
+    d[0] = 0.0
+    return d
+
+
+def _ringing(shape: tuple[int, int], amplitude: float, period_px: float = 5.0, decay_px: float = 3.0) -> np.ndarray:
+    """Damped oscillation along the border of the reconstructed field (1 + δ), as ptychography leaves it."""
+    ny, nx = shape
+    yy, xx = np.mgrid[:ny, :nx]
+    dist = np.minimum.reduce([yy, ny - 1 - yy, xx, nx - 1 - xx]).astype(float)
+    return amplitude * np.cos(2 * np.pi * dist / period_px) * np.exp(-dist / decay_px)
+
+
 def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] = (128, 128),
                    pixel_size_nm: float = 4.0, offset_nm: tuple[float, float] = (18.0, -14.0),
                    mode: str = "ptycho", drift_px: float = 3.0, shifts=None, noise: float = 0.007,
                    counts: float = 3e4,
                    thickness_scale: float = 1.0, stray_fraction: float = 0.002,
-                   bandwidth_ev: float = BANDWIDTH_EV, supersample: int = 2, mirror: bool = False,
-                   rng=None) -> tuple[xr.DataArray, xr.Dataset]:
+                   bandwidth_ev: float | None = None, supersample: int = 2, mirror: bool = False,
+                   rng=None, preset: str = "ideal", frame_offset_px: float | None = None,
+                   energy_offset_ev: float | None = None, flux_jitter: float | None = None,
+                   artefacts: bool | None = None) -> tuple[xr.DataArray, xr.Dataset]:
     """Simulate an Fe L-edge energy stack of `particle` and return it with the truth.
 
     Parameters
@@ -164,8 +212,8 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
     stray_fraction : float
         Stray/higher-harmonic light reaching the detector, fraction of the incident
         intensity: caps the measurable OD at ≈ −ln(stray_fraction).
-    bandwidth_ev : float
-        Photon-energy bandwidth (FWHM), eV.
+    bandwidth_ev : float, optional
+        Photon-energy bandwidth (FWHM), eV (default from `preset`).
     supersample : int
         Sub-samples per pixel and axis.
     mirror : bool
@@ -174,6 +222,21 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
         flipped alike.
     rng : numpy.random.Generator or int, optional
         Random source.
+    preset : {"ideal", "realistic"}, optional
+        Defaults of the five options below (:data:`PRESETS`); ``"realistic"`` makes a
+        stack that behaves like a measured spectro-ptychography stack.
+    frame_offset_px : float, optional
+        Independent per-frame offsets, uniform in ±this on each axis (px), added to
+        the drift (:func:`frame_offsets`); frame 0 stays put.
+    energy_offset_ev : float, optional
+        Energy-calibration error: the true photon energy of every frame is its
+        nominal (stack coordinate) energy plus this, eV.
+    flux_jitter : float, optional
+        Relative standard deviation of random per-frame incident-flux changes (on top
+        of a slow ±15 % variation).
+    artefacts : bool, optional
+        Ptychography only: a random linear phase ramp per reconstruction (up to
+        0.03 rad/px) and ringing (amplitude and phase) along the edge of the field.
 
     Returns
     -------
@@ -199,6 +262,17 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
     if not isinstance(particle, Particle):
         raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
     _validate.choice(mode, ("ptycho", "stxm"), name="mode")
+    _validate.choice(preset, tuple(PRESETS), name="preset")
+    opts = dict(PRESETS[preset])
+    for name, val in (("frame_offset_px", frame_offset_px), ("energy_offset_ev", energy_offset_ev),
+                      ("bandwidth_ev", bandwidth_ev), ("flux_jitter", flux_jitter), ("artefacts", artefacts)):
+        if val is not None:
+            opts[name] = val
+    if not isinstance(opts["artefacts"], (bool, np.bool_)):
+        raise TypeError(f"artefacts must be a bool, got {type(opts['artefacts']).__name__}")
+    e_off = float(opts["energy_offset_ev"])
+    if not np.isfinite(e_off) or abs(e_off) > 5.0:
+        raise ValueError(f"energy_offset_ev must be a finite number of eV within ±5, got {e_off!r}")
     gen = _validate.rng(rng)
     e = energy_grid() if energies is None else _validate.array(
         energies, name="energies", ndim=1, dtype_kind="iuf", finite=True).astype(float)
@@ -213,13 +287,18 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
         raise ValueError(f"supersample must be a positive int, got {supersample!r}")
     ny, nx = int(shape[0]), int(shape[1])
     n_e = e.size
-    spectra = model_spectra(e, bandwidth_ev=bandwidth_ev)
+    bw = _validate.positive(opts["bandwidth_ev"], name="bandwidth_ev", allow_zero=True)
+    jitter = _validate.positive(opts["flux_jitter"], name="flux_jitter", allow_zero=True)
+    spectra = model_spectra(e + e_off, bandwidth_ev=bw)  # true energies: nominal + calibration error
     if shifts is None:
         shifts = drift_path(n_e, total_px=drift_px, rng=gen)
+        if opts["frame_offset_px"] > 0:
+            shifts = shifts + frame_offsets(n_e, max_px=opts["frame_offset_px"], rng=gen)
     else:
         shifts = _validate.array(shifts, name="shifts", shape=(n_e, 2), dtype_kind="iuf", finite=True)
         shifts = shifts.astype(float)
-    flux = (1.0 + 0.15 * np.sin(2 * np.pi * (e - e[0]) / 37.0)) * (1.0 + gen.normal(0.0, 0.03, n_e))
+    flux = (1.0 + 0.15 * np.sin(2 * np.pi * (e - e[0]) / 37.0)) * np.clip(1.0 + gen.normal(0.0, jitter, n_e), 0.3, None)
+    r_fe = FE_DENSITY_RATIO_FP_LFP
 
     # pixel centres (nm) relative to the image centre, and sub-pixel offsets
     yc = (np.arange(ny) - (ny - 1) / 2) * p
@@ -238,7 +317,7 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
         t = np.zeros(yy.shape)
         li = np.zeros(yy.shape)
         t[inside] = particle.thickness(yy[inside], xx[inside]) * thickness_scale
-        li[inside] = particle.lithium(yy[inside], xx[inside])
+        li[inside] = particle.lithium(yy[inside], xx[inside])  # molar fraction x
         ramp = 1.0 + 0.03 * (tilt[0] * yy + tilt[1] * xx) / (0.5 * p * max(ny, nx))
         return t, li, ramp
 
@@ -246,14 +325,20 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
     for k in range(n_e):
         t, li, ramp = fields(*shifts[k])
         s = spectra.isel(energy=k)
-        od = t * (li * float(s.LFP) + (1 - li) * float(s.FP))
+        vol = li * r_fe / (li * r_fe + 1.0 - li)  # LiFePO4 volume fraction: FePO4 packs more Fe per volume
+        od = t * (vol * float(s.LFP) + (1 - vol) * float(s.FP))
         od = od + MEMBRANE_OD_700 * (e[k] / 700.0) ** -2.6 * ramp
-        phi = t * (li * float(s.phase_LFP) + (1 - li) * float(s.phase_FP))
+        phi = t * (vol * float(s.phase_LFP) + (1 - vol) * float(s.phase_FP))
         if mode == "ptycho":
             obj = np.exp(-od / 2 + 1j * phi).mean(axis=(2, 3))
             amp = np.sqrt(np.abs(obj) ** 2 + stray_fraction)
             obj = amp * np.exp(1j * np.angle(obj))
             obj = obj + noise * (gen.normal(size=obj.shape) + 1j * gen.normal(size=obj.shape))
+            if opts["artefacts"]:  # reconstruction artefacts: linear phase ramp, ringing at the field edge
+                g = gen.uniform(-0.03, 0.03, 2)
+                yy_px, xx_px = np.mgrid[:ny, :nx]
+                ring = _ringing((ny, nx), gen.uniform(0.05, 0.15))
+                obj = obj * (1.0 + ring) * np.exp(1j * (g[0] * yy_px + g[1] * xx_px + ring))
             data[k] = np.sqrt(flux[k]) * np.exp(1j * gen.uniform(-np.pi, np.pi)) * obj
         else:
             trans = np.exp(-od).mean(axis=(2, 3)) + stray_fraction
@@ -295,7 +380,8 @@ def simulate_stack(particle: Particle, *, energies=None, shape: tuple[int, int] 
                                   {"units": "nm", "long_name": "affine map: pixel index -> particle (y, x)"}),
         },
         coords={"energy": ecoord, "axis": ("axis", ["y", "x"], {"long_name": "image axis"}), **coords},
-        attrs={"particle": particle.name, "batch": particle.batch, "mode": mode,
+        attrs={"particle": particle.name, "batch": particle.batch, "mode": mode, "preset": preset,
+               "energy_offset_ev": e_off, "bandwidth_ev": float(bw), "artefacts": int(bool(opts["artefacts"])),
                "pixel_size_nm": p, "thickness_scale": float(thickness_scale), "mirrored": int(bool(mirror))},
     )
     return stack, truth
