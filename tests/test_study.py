@@ -15,7 +15,9 @@ from chemomech import geometry, io, study, twin
 from chemomech.__main__ import write_outputs
 
 # A tiny configuration for unit tests of single-particle pieces (a few seconds).
-TINY = study.StudyConfig(scan_shape=(14, 16), detector_shape=(96, 96), xray_shape=(34, 38), xray_pixel_nm=12.0,
+# (A coarser 14 x 16 scan with 12 nm X-ray pixels left the mirror decision to chance: 3 of 6 seeds right;
+# this one found it for 6 of 6.)
+TINY = study.StudyConfig(scan_shape=(18, 20), detector_shape=(96, 96), xray_shape=(40, 44), xray_pixel_nm=10.0,
                          fine_step_ev=1.0)
 
 
@@ -92,7 +94,7 @@ def test_xray_truth_strain_is_mirrored(tiny_measurement):
 def test_measurement_finds_mirror_and_registers(tiny_measurement):
     m = tiny_measurement
     assert m.registration.metrics["mirrored"] is True
-    assert m.tre_px() < 1.0   # X-ray pixels (12 nm); the scan step is ~25 nm here
+    assert m.tre_px() < 1.0   # X-ray pixels (10 nm); the scan step is ~20 nm here
     assert set(m.seconds) == set(study.STAGES)
 
 

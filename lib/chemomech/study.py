@@ -254,8 +254,8 @@ def measure_particle(particle: twin.Particle, config: StudyConfig, *,
 
     Examples
     --------
-    >>> cfg = StudyConfig(scan_shape=(12, 14), detector_shape=(96, 96), xray_shape=(32, 36),
-    ...                   xray_pixel_nm=14.0, fine_step_ev=1.0)
+    >>> cfg = StudyConfig(scan_shape=(18, 20), detector_shape=(96, 96), xray_shape=(40, 44),
+    ...                   xray_pixel_nm=10.0, fine_step_ev=1.0)
     >>> p = twin.make_particle("demo", batch="biphasic", seed=2, mesh_nrefs=4)
     >>> m = measure_particle(p, cfg, rng=0)
     >>> m.registration.metrics["mirrored"], m.tre_px() < 1.0
