@@ -134,6 +134,7 @@ def _image(image: object, name: str) -> np.ndarray:
 # --- masks and metrics ------------------------------------------------------------------
 
 _MIN_FRACTION, _MAX_FRACTION = 0.02, 0.85  # plausible particle areas, fraction of the field of view
+_MIN_CONTRAST = 5.0  # particle-to-background contrast, in pixel-noise sigmas, below which nothing is a particle
 _CLOSE_PX = 2  # radius of the closing that mends speckled, broken rims
 
 
@@ -200,13 +201,17 @@ def _mask_candidates(arr: np.ndarray, sigma_px: float) -> list[tuple[float, np.n
         thresholds.update({"otsu3-low": t1, "otsu3-high": t2})
     except ValueError:  # too few distinct values for three classes
         pass
+    raw = _filled(arr)
+    noise = 1.4826 * np.median(np.abs(np.diff(raw, axis=1))) / np.sqrt(2)  # pixel noise, robust to edges
     out = []
     for how, t in thresholds.items():
         for side in (1.0, -1.0):
             if side * (t - bg) <= 0:  # the background must lie on the "not particle" side
                 continue
             m = _clean(side * (sm - t) > 0)
-            out.append((_mask_score(m), m, f"{how}, {'bright' if side > 0 else 'dark'} particle"))
+            # a particle stands out of the noise: its median is > _MIN_CONTRAST pixel-noise sigmas off background
+            score = _mask_score(m) if abs(np.median(sm[m]) - bg) > _MIN_CONTRAST * noise else -np.inf
+            out.append((score, m, f"{how}, {'bright' if side > 0 else 'dark'} particle"))
     # thresholds a quarter and half-way from background to particle level: the edge of a blurred
     # step is unbiased at half-way; a signal that falls to zero with thickness (dark field) at lower levels
     for score, m, how in list(out):
@@ -566,6 +571,22 @@ def _homogeneous_rc(tx) -> np.ndarray:
     return _SWAP @ h @ _SWAP
 
 
+_SPECK_SIGMA = 8.0  # an isolated pixel this many robust sigmas off its 3x3 median is a speck (dust, hot pixel)
+
+
+def _despeckle(arr: np.ndarray) -> np.ndarray:
+    """Isolated outlier pixels (dust, hot or dead pixels) set to NaN, i.e. treated as missing data."""
+    filled = _fill_nearest(arr)
+    resid = filled - ndimage.median_filter(filled, size=3, mode="nearest")
+    ok = np.isfinite(arr)
+    mad = np.median(np.abs(resid[ok] - np.median(resid[ok])))
+    if mad == 0:
+        return arr
+    out = arr.copy()
+    out[np.abs(resid) > _SPECK_SIGMA * 1.4826 * mad] = np.nan
+    return out
+
+
 def _fill_nearest(arr: np.ndarray) -> np.ndarray:
     """NaN pixels set to the nearest finite pixel's value (they are also left out of the metric)."""
     bad = ~np.isfinite(arr)
@@ -742,7 +763,7 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     content = options.get("content", "auto")
     _validate.choice(content, ("auto", "clipped", "intensity"), name="content")
 
-    f_arr, m_arr = _image(fixed, "fixed"), _image(moving, "moving")
+    f_arr, m_arr = _despeckle(_image(fixed, "fixed")), _despeckle(_image(moving, "moving"))
     f_grid, m_grid = _grid_of(fixed, "fixed"), _grid_of(moving, "moving")
     if fixed_mask is None:
         f_masks = [(how, m) for sc, m, how in _mask_candidates(f_arr, 1.0) if np.isfinite(sc)]
