@@ -202,7 +202,11 @@ def _mask_candidates(arr: np.ndarray, sigma_px: float) -> list[tuple[float, np.n
     except ValueError:  # too few distinct values for three classes
         pass
     raw = _filled(arr)
-    noise = 1.4826 * np.median(np.abs(np.diff(raw, axis=1))) / np.sqrt(2)  # pixel noise, robust to edges
+    edge = np.concatenate([np.diff(raw[:2], axis=1).ravel(), np.diff(raw[-2:], axis=1).ravel(),
+                           np.diff(raw[:, :2], axis=0).ravel(), np.diff(raw[:, -2:], axis=0).ravel()])
+    noise = 1.4826 * np.median(np.abs(edge)) / np.sqrt(2)  # pixel noise of the background (border), robust
+    if sigma_px > 0:  # white noise after the Gaussian smoothing
+        noise /= 2.0 * np.sqrt(np.pi) * max(sigma_px, 0.5)
     out = []
     for how, t in thresholds.items():
         for side in (1.0, -1.0):
@@ -217,12 +221,17 @@ def _mask_candidates(arr: np.ndarray, sigma_px: float) -> list[tuple[float, np.n
     for score, m, how in list(out):
         if not np.isfinite(score):
             continue
-        level = float(np.median(sm[m]))
-        side = np.sign(level - bg)
+        side = np.sign(np.median(sm[m]) - bg)
         for frac, bonus in ((0.5, 0.05), (0.25, 0.1)):
-            mid = _clean(side * (sm - bg - frac * (level - bg)) > 0)
-            if (mid & m).sum() > 0.5 * m.sum():
-                out.append((_mask_score(mid) + bonus, mid, f"{frac:g} of the way to the particle ({how})"))
+            mid = m
+            for it in range(3):  # iterate: the level is the median of the current mask (a blob-only start grows)
+                level = float(np.median(sm[mid]))
+                new = _clean(side * (sm - bg - frac * (level - bg)) > 0)
+                if new.sum() == mid.sum() or not new.any() or (new & m).sum() <= 0.5 * m.sum():
+                    break
+                mid = new
+                out.append((_mask_score(mid) + bonus, mid, f"{frac:g} of the way to the particle, pass {it + 1} "
+                            f"({how})"))
     out.sort(key=lambda t: -t[0])
     return out
 
