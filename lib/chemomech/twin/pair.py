@@ -471,7 +471,7 @@ def _stand_in_df(particle: Particle, yy: np.ndarray, xx: np.ndarray, t: np.ndarr
         blobs = np.maximum(blobs, blob * g.uniform(0.8, 1.2))
         area = float(((blobs > 0.5) & inside).sum())
     grain = _smooth_noise(g, yy.shape, 4.0 / h)
-    df = base * (0.35 + 0.5 * contours + 2.0 * blobs) * (1.0 + 0.18 * grain)
+    df = base * (0.35 + 0.3 * contours + 2.0 * blobs) * (1.0 + 0.18 * grain)
     # speckled, broken rim: the outermost ~10 nm flickers, and along a few arcs it is missing
     rim = (rho > 1.0 - 12.0 / particle.radius(np.arctan2(yy, xx))) & inside
     speck = np.clip(1.0 + 0.6 * _smooth_noise(g, yy.shape, 1.5 / h), 0.0, None)
