@@ -642,14 +642,14 @@ def _content(arr: np.ndarray, mask: np.ndarray, smooth_px: float, level_pct: flo
     """
     bg = np.nanmedian(arr[~mask]) if (~mask).any() else np.nanmin(arr)
     arr = _fill_nearest(arr)
-    if smooth_px > 0:
-        arr = ndimage.gaussian_filter(arr, smooth_px, mode="nearest")
-    inside = arr[mask]
+    inside = ndimage.gaussian_filter(arr, 1.0, mode="nearest")[mask]  # the level from a denoised image
     med = np.median(inside)
     side = 1.0 if med >= bg else -1.0
     level = np.percentile(side * inside, level_pct) * side
     span = level - bg if abs(level - bg) > 1e-12 else (med - bg or 1.0)
-    return np.clip((arr - bg) / span, -0.2, 1.0)
+    # clip first, then smooth: a strong blob at the rim must not bleed outwards through the smoothing
+    out = np.clip((arr - bg) / span, -0.2, 1.0)
+    return ndimage.gaussian_filter(out, smooth_px, mode="nearest") if smooth_px > 0 else out
 
 
 def _method(fixed_mask_img, *, bins, sampling, seed, iterations, shrink, sigmas, moving_mask_img=None):
