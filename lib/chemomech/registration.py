@@ -7,8 +7,11 @@ and non-linear in thickness, on another pixel size and field of view, possibly
 mirrored. :func:`register` finds the affine map from fixed to moving pixel
 positions in four steps:
 
-1. particle masks (given, or :func:`particle_mask`: Otsu on a smoothed image,
-   polarity chosen so that the image border is background);
+1. particle masks (given, or :func:`particle_mask`: the background modelled
+   from the image border, candidate foregrounds on either side of it at
+   several thresholds, closed, hole-filled and scored for plausibility — real
+   images have three or more levels: background, film, textured particle,
+   diffraction blobs);
 2. moments-based initialisation: the affine ``A = S_m R S_f^-1`` that maps the
    centroid and second moments of one mask onto the other, where ``S`` is the
    square root of a mask's covariance and ``R`` any orthogonal matrix — the
@@ -17,7 +20,17 @@ positions in four steps:
    scored by Mattes mutual information (MI); the best few are refined with a
    coarse similarity registration and the best final MI wins;
 4. multi-resolution refinement, similarity then affine, with SimpleITK's
-   Mattes MI metric sampled inside the (dilated) fixed particle mask.
+   Mattes MI metric sampled inside the (dilated) fixed particle mask, on
+   *content shared by both modalities*: with automatic masks each image is
+   mapped from background (0) to particle level (1) and clipped, so that
+   diffraction contrast (brighter than the particle in dark field) saturates
+   while edges, thin patches and holes — thickness contrast both modalities
+   see — remain; with both masks given, on the images themselves.
+
+Isolated outlier pixels (dust, hot pixels) and NaN/inf pixels are treated as
+missing and left out of the metric. If the final Dice of the masks is low, other
+mask candidates are tried; the best is returned with a warning, and
+:class:`RegistrationError` is raised only when no pair reaches ``min_dice``.
 
 SimpleITK works in ``(x, y) = (col, row)`` order; every conversion happens in
 this module, and the public results are in ``(row, col)`` order.
@@ -716,7 +729,10 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
         ``sampling`` (fraction of the masked fixed pixels sampled by the metric, default 1.0: all),
         ``iterations`` (per level, default 400), ``seed`` (metric sampling seed,
         default 0), ``smooth_px`` (Gaussian pre-smoothing of both images, default
-        1.0), ``min_dice`` (default 0.85).
+        1.0), ``min_dice`` (default 0.85), ``content`` ("auto", "clipped" or
+        "intensity": what the metric compares; "auto" = "intensity" when both
+        masks are given — prepared maps whose interiors are meant to be
+        compared, e.g. from :func:`registration_image` — else "clipped").
 
     Returns
     -------
@@ -730,14 +746,16 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
         Images that are not 2-D, constant or all-NaN; empty or non-boolean
         masks; unknown options.
     RegistrationError
-        When the final Dice of the particle masks is below ``min_dice``: the
-        optimiser converged to a wrong solution (never returned silently).
+        When no tried mask pair reaches a Dice of ``min_dice`` (the message
+        lists the attempts and says what to pass), or SimpleITK fails for all
+        of them; never a third-party exception.
 
     Warns
     -----
     RegistrationWarning
-        When the final optimisation stopped at the iteration cap (the result
-        may be close but is not converged); the warning gives the metrics.
+        When the first masks failed and an alternative was used; when the
+        final optimisation stopped at the iteration cap; when another refined
+        orientation scored within 1 % (ambiguous). The warning gives the metrics.
 
     Notes
     -----
