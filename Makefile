@@ -3,6 +3,7 @@
 #   make book   # main job: clean build of the executed book -> _build/html/index.html
 #   make test   # unit tests + doctests + every chapter under nbval
 #   make env    # (run by both) create/update .venv from requirements.lock; fast no-op when current
+#   make check-html  # after make book: every page in headless Chromium, network blocked (run by .ci/run)
 #   make lint | clean | distclean
 #
 # Needs only GNU make and Python 3.11 (override with `make PYTHON=/path/to/python3.11 ...`).
@@ -31,11 +32,12 @@ export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env test unit nbval book lint clean distclean
+.PHONY: help env test unit nbval book check-html lint clean distclean
 
 help:
 	@echo "make book       build the book (clean, executed, -W) -> $(BUILD)/html/index.html"
 	@echo "make test       unit tests + doctests + nbval of every chapter"
+	@echo "make check-html after make book: open every page in headless Chromium (network blocked), check it"
 	@echo "make env        create/update $(VENV) from requirements.lock (run by book and test)"
 	@echo "make lint       ruff check lib tests"
 	@echo "make clean      remove $(BUILD), caches and data/generated (keeps $(VENV))"
@@ -61,7 +63,7 @@ env: $(STAMP)
 test: unit nbval
 
 unit: $(STAMP)
-	$(PY) -m pytest tests lib/chemomech --doctest-modules
+	$(PY) -m pytest tests lib/chemomech --doctest-modules -m "not browser"
 
 # Each chapter is converted to a notebook in $(NBVAL) and executed cell by cell; outputs are not
 # compared (--nbval-lax), so any error or failing `assert` fails the run. Pytest's exit code 5
@@ -81,6 +83,17 @@ book: $(STAMP)
 	$(BIN)/jupyter-book build . -n -W --keep-going
 	@echo
 	@echo "Book built: open $(BUILD)/html/index.html"
+
+# ------------------------------------------------------------------ rendered pages
+# Installs Debian's chromium when it is missing (needs root, as in CI), tests the checker on pages with
+# known faults, then checks every page of the built book; screenshots go to $(BUILD)/screens.
+check-html: $(STAMP)
+	@test -f $(BUILD)/html/index.html || { echo "error: $(BUILD)/html/index.html missing; run make book first" >&2; exit 1; }
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	$(PY) -m pytest -q -m browser tests/test_check_html.py
+	rm -rf $(BUILD)/screens
+	$(PY) tools/check_html.py $(BUILD)/html --screens $(BUILD)/screens
 
 # ------------------------------------------------------------------ housekeeping
 lint: $(STAMP)

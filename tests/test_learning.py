@@ -7,6 +7,8 @@ noise of the issue (sigma_strain = 5e-4, sigma_X = 0.03).
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -331,3 +333,149 @@ def test_fit_with_fepo4_reference_recovers_law_from_bragg_strain():
         fit_eigenstrain(rel, ds.X, degree=1, n_boot=0, reference="fepo4", boundary="dirichlet")
     with pytest.raises(ValueError, match="reference"):
         fit_eigenstrain(rel, ds.X, degree=1, n_boot=0, reference="lfp")
+
+
+# --- imperfect data: NaN pixels inside a user's mask -------------------------------------------
+
+from chemomech.learning import DataWarning  # noqa: E402
+from flaws import Flaw, flaw_plans, inject  # noqa: E402  (tests/flaws.py: seeded flaw injection)
+
+X_ERR = np.linspace(0.2, 0.8, 13)
+
+
+def _slope_error(model):
+    """RMS relative error of d eps0/dX over X in [0.2, 0.8], both axes."""
+    return float(np.sqrt(np.mean((model.derivative(X_ERR) / SLOPE_TRUTH - 1) ** 2)))
+
+
+def _flawed(s, x, m, seed):
+    """Lost frames (5 % of the particle: NaN strain at isolated pixels) and a 6 x 6 px region of failed X."""
+    s2 = s.copy(deep=True)
+    _, specks = inject(s.exx.values, Flaw("specks", count=int(0.05 * m.sum()), seed=100 + seed), within=m)
+    for v in ("exx", "eyy", "exy"):
+        s2[v].values[specks] = np.nan
+    xv, region = inject(x.values, Flaw("region", size=6, seed=200 + seed), within=m)
+    return s2, x.copy(data=xv), specks, region & m
+
+
+def test_nan_pixels_in_mask_warn_and_keep_the_slopes(coarse):
+    m = coarse.mask.values.astype(bool)
+    clean, flawed, counts = [], [], []
+    for seed in range(6):
+        s, x = twin.noise.twin_measurement(coarse, sigma_strain=SIGMA_STRAIN, sigma_X=SIGMA_X, rng=seed)
+        s2, x2, specks, region = _flawed(s, x, m, seed)
+        n_bad = int((specks | region).sum())
+        with pytest.warns(DataWarning, match=rf"mask \(coarse\): {n_bad} of {int(m.sum())} pixels") as rec:
+            model = fit_eigenstrain(s2, x2, mask=m, degree=1, n_boot=0)
+        assert len(rec) == 1  # one warning per particle, not one per internal pass
+        clean.append(_slope_error(fit_eigenstrain(s, x, mask=m, degree=1, n_boot=0)))
+        flawed.append(_slope_error(model))
+        counts.append(n_bad)
+    # acceptance (issue 18): the flawed fit's slope error within 10 % of the clean fit's, averaged over six
+    # noise draws (one draw alone moves by the noise of the ~9 % pixels dropped). Measured: clean 0.0145,
+    # flawed 0.0146 (ratio 1.01; 53-68 pixels of 648 dropped); cutting the same pixels out of the mask
+    # instead (holes in the FEM body, largest piece kept) gives 0.0202 (ratio 1.40).
+    assert np.mean(flawed) <= 1.10 * np.mean(clean), (np.mean(flawed), np.mean(clean), counts)
+
+
+def test_prediction_and_residual_with_nan_pixels(coarse):
+    m = coarse.mask.values.astype(bool)
+    truth = EigenstrainModel.from_law(twin.vegard_law(), 1)
+    ratios = []
+    for seed in range(8):
+        s, x = twin.noise.twin_measurement(coarse, sigma_strain=SIGMA_STRAIN, sigma_X=SIGMA_X, rng=seed)
+        s2, x2, specks, region = _flawed(s, x, m, seed)
+        bad = specks | region
+        if seed == 0:
+            with pytest.warns(DataWarning, match=rf"{int(region.sum())} of {int(m.sum())} pixels"):
+                pred = truth.predict_strain(x2, m)
+            assert np.array_equal(pred.mask.values, m & ~region)  # reported where X was measured
+            assert np.isnan(pred.exx.values[region]).all()
+            with pytest.warns(DataWarning):
+                fe = truth.to_fepo4(s2, x2, m)
+            assert np.isfinite(fe.exx.values[m & ~specks]).all()
+        base = truth.residual(s, x, m)
+        with pytest.warns(DataWarning, match=rf"{int(bad.sum())} of {int(m.sum())} pixels"):
+            res = truth.residual(s2, x2, m)
+        assert np.array_equal(res.mask.values, m & ~bad)
+        clean_same = np.sqrt(np.mean(np.concatenate([base[v].values[m & ~bad] for v in ("exx", "eyy", "exy")])**2))
+        ratios.append(res.attrs["rms"] / clean_same)
+    # residual RMS of the true law on the unaffected pixels, flawed vs clean input: the X interpolated in the
+    # 6 x 6 px gap (biharmonic) moves the prediction next to it. Measured mean ratio 1.07 over these eight
+    # draws (single draws 1.00-1.18; nearest-neighbour filling gave 1.13 on the X gap alone); acceptance: within 10 %.
+    assert np.mean(ratios) <= 1.10, ratios
+
+
+def test_naive_and_simex_drop_nan_pixels_with_count(coarse):
+    m = coarse.mask.values.astype(bool)
+    s, x = twin.noise.twin_measurement(coarse, sigma_strain=SIGMA_STRAIN, sigma_X=SIGMA_X, rng=4)
+    s2, x2, specks, region = _flawed(s, x, m, 4)
+    bad = specks | region
+    with pytest.warns(DataWarning, match=rf"{int(bad.sum())} of {int(m.sum())} pixels"):
+        got = naive_regression(s2, x2, mask=m).slope.values
+    # exactly the fit on the remaining pixels
+    np.testing.assert_allclose(got, naive_regression(s, x, mask=m & ~bad).slope.values, rtol=1e-12)
+    with pytest.warns(DataWarning, match=rf"{int(bad.sum())} of"):
+        simex(s2, x2, sigma_X=SIGMA_X, mask=m, n_sim=2, rng=0)
+
+
+def test_all_nan_or_too_few_left_raises_clearly(coarse):
+    m = coarse.mask.values.astype(bool)
+    s, x = _strain(coarse).copy(deep=True), coarse.X
+    for v in ("exx", "eyy", "exy"):
+        s[v].values[m] = np.nan
+    with pytest.raises(ValueError, match=rf"all {int(m.sum())} pixels have a non-finite strain or X"):
+        fit_eigenstrain(s, x, mask=m, degree=1)
+    with pytest.raises(ValueError, match="nothing to fit"):
+        naive_regression(s, x, mask=m)
+    with pytest.raises(ValueError, match="X"):
+        fit_eigenstrain(_strain(coarse), x * np.nan, mask=m, degree=1)
+    few = _strain(coarse).copy(deep=True)
+    keep = np.zeros(m.shape, bool)
+    keep[np.nonzero(m)[0][:10], np.nonzero(m)[1][:10]] = True
+    for v in ("exx", "eyy", "exy"):
+        few[v].values[m & ~keep] = np.nan
+    with pytest.warns(DataWarning), pytest.raises(ValueError, match="mask selects 10 pixels; at least"):
+        fit_eigenstrain(few, x, mask=m, degree=1)
+
+
+def test_default_mask_keeps_enclosed_nan_in_the_body_and_rejects_a_cut(coarse):
+    m = coarse.mask.values.astype(bool)
+    s = _strain(coarse).copy(deep=True)
+    rows, cols = np.nonzero(m)
+    cy, cx = int(np.median(rows)), int(np.median(cols))
+    s["exx"].values[cy, cx] = np.nan  # one lost frame inside the particle
+    with pytest.warns(DataWarning, match=rf"1 of {int(m.sum())} pixels"):
+        model = fit_eigenstrain(s, coarse.X, degree=1, n_boot=0)
+    np.testing.assert_allclose(model.derivative([0.5])[0], SLOPE_TRUTH, rtol=0.03)  # as the clean fit above
+    cut = _strain(coarse).copy(deep=True)
+    cut["eyy"].values[:, cx] = np.nan  # a lost scan column crosses the particle
+    with pytest.raises(ValueError, match=r"form 2 pieces.*edge-connected.*pass mask=.*largest_component"):
+        fit_eigenstrain(cut, coarse.X, degree=1, n_boot=0)
+    with pytest.warns(DataWarning):  # with the particle's outline it is fine
+        fit_eigenstrain(cut, coarse.X, mask=m, degree=1, n_boot=0)
+
+
+def test_dirichlet_fit_with_nan_strain(coarse):
+    m = coarse.mask.values.astype(bool)
+    s2, _, specks, _ = _flawed(_strain(coarse), coarse.X, m, 5)
+    with pytest.warns(DataWarning, match=rf"{int(specks.sum())} of"):
+        model = fit_eigenstrain(s2, coarse.X, mask=m, degree=1, boundary="dirichlet", n_boot=0)
+    np.testing.assert_allclose(model.derivative([0.5])[0], SLOPE_TRUTH, rtol=0.03)  # as the clean Dirichlet test
+
+
+@settings(max_examples=8, deadline=None)
+@given(plan=flaw_plans(("specks", "region", "lost_frames"), max_count=40, max_size=12))
+def test_property_flawed_maps_give_a_fit_or_our_error(coarse, plan):
+    m = coarse.mask.values.astype(bool)
+    xv, hit = inject(coarse.X.values, plan, within=m)
+    n_bad = int((hit & m).sum())
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        try:
+            fit_eigenstrain(_strain(coarse), coarse.X.copy(data=xv), mask=m, degree=1, n_boot=0)
+        except ValueError as err:  # only ours: too few pixels left
+            assert "mask" in str(err) and type(err) is ValueError, err
+    msgs = [str(w.message) for w in rec if issubclass(w.category, DataWarning)]
+    assert msgs == [f"mask (coarse): {n_bad} of {int(m.sum())} pixels" + msgs[0].split("pixels", 1)[1]] \
+        if n_bad else msgs == []

@@ -23,7 +23,11 @@ def _import():
     # inline backend, a user's MPLBACKEND), make it the non-interactive one before pyplot loads
     if "matplotlib.pyplot" not in sys.modules:
         os.environ.setdefault("MPLBACKEND", "Agg")
-    import py4DSTEM
+    try:
+        import py4DSTEM
+    except ImportError as err:
+        raise ImportError("this needs py4DSTEM (GPL-3), an optional extra of chemomech: "
+                          "pip install 'chemomech[py4dstem]'; the default method='fast' does not") from err
 
     return py4DSTEM
 

@@ -38,7 +38,7 @@ from . import _validate, geometry
 from . import strain as strain_module
 from .registration import Registration
 
-__all__ = ["STACK_VARIABLES", "correlate", "noise_gain"]
+__all__ = ["STACK_VARIABLES", "align_to_crystal", "correlate", "noise_gain"]
 
 #: Variables every correlated stack holds (plus any virtual images).
 STACK_VARIABLES = _validate.STACK_VARIABLES
@@ -122,6 +122,7 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
     out = _resample(strain, xanes, registration)
     if crystal_angle_rad is not None:
         out = strain_module.to_crystal_frame(out, float(crystal_angle_rad))
+        out.attrs["crystal_angle_rad"] = float(crystal_angle_rad)
     if match_resolution:
         out = _match_resolution(out, xanes["X"], registration)
     return out
@@ -241,4 +242,94 @@ def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration) -> xr
         out[k] = out[k].where(keep)
     out["mask"] = out["mask"].copy(data=keep)
     out.attrs["X_noise_gain"] = gain
+    return out
+
+
+def align_to_crystal(stack: xr.Dataset, crystal_angle_rad: float | None = None) -> xr.Dataset:
+    """Resample a stack onto a grid whose x axis runs along the crystal a axis.
+
+    The learning step (:func:`chemomech.learning.fit_eigenstrain`) solves
+    mechanical equilibrium on the pixel grid with the eigenstrain diagonal
+    along the grid axes, so the grid itself must be aligned with the crystal,
+    not only the strain components. This turns the image by the crystal angle
+    (bilinear for the maps, nearest neighbour for the mask) onto a grid of the
+    same pixel size that covers the particle. Strain components are left as
+    they are: they must already be crystal-frame components
+    (``correlate(..., crystal_angle_rad=...)`` or a file that stores them so).
+
+    Parameters
+    ----------
+    stack : xarray.Dataset
+        Maps on ``("y", "x")`` with a ``mask``; square pixels.
+    crystal_angle_rad : float, optional
+        Angle of the crystal a axis from the image x axis (positive turns x
+        towards y). Default: ``stack.attrs["crystal_angle_rad"]``.
+
+    Returns
+    -------
+    xarray.Dataset
+        The same variables on the aligned grid (coordinates in the stack's
+        units, centred on the particle); NaN and ``mask == False`` outside;
+        ``attrs["crystal_angle_rad"] = 0.0`` and ``attrs["image_angle_rad"]``
+        the angle that was removed.
+
+    Examples
+    --------
+    >>> yx = {"y": np.arange(20.0), "x": np.arange(30.0)}
+    >>> m = np.zeros((20, 30), bool); m[5:15, 8:22] = True          # 10 x 14 px, long along x
+    >>> ds = xr.Dataset({"X": (("y", "x"), np.where(m, 0.5, np.nan)), "mask": (("y", "x"), m)}, coords=yx)
+    >>> turned = align_to_crystal(ds, np.pi / 2)                     # a along image y: the particle is now long in y
+    >>> rows, cols = np.nonzero(turned.mask.values)
+    >>> int(np.ptp(rows)) + 1, int(np.ptp(cols)) + 1
+    (14, 10)
+    """
+    if not isinstance(stack, xr.Dataset) or "mask" not in stack:
+        raise TypeError("stack must be an xarray.Dataset with a mask variable")
+    angle = stack.attrs.get("crystal_angle_rad") if crystal_angle_rad is None else crystal_angle_rad
+    if angle is None:
+        raise ValueError("crystal_angle_rad not given and stack.attrs has no 'crystal_angle_rad'")
+    angle = float(_validate.array(angle, name="crystal_angle_rad", ndim=0, finite=True))
+    mask = _validate.mask(stack["mask"], name="stack.mask", min_count=1)
+    y, x = (np.asarray(stack[c].values, dtype=float) for c in ("y", "x"))
+    dy, dx = float(y[1] - y[0]), float(x[1] - x[0])
+    if not np.isclose(abs(dy), abs(dx), rtol=1e-6):
+        raise ValueError(f"stack must have square pixels to be turned, got {dy} x {dx}")
+    step = abs(dx)
+    # crystal-grid coordinates (u along a, v along c) of the particle pixels, in physical units
+    rows, cols = np.nonzero(mask)
+    py, px = y[rows], x[cols]
+    cy, cx = py.mean(), px.mean()
+    rot = geometry.rotation_yx(angle)   # columns: the crystal (c, a) axes in image (y, x) components
+    uv = (np.stack([py - cy, px - cx], axis=1)) @ rot       # (v, u): coordinates along c and a
+    lo = np.floor(uv.min(axis=0) / step) - 2
+    hi = np.ceil(uv.max(axis=0) / step) + 2
+    v_ax = np.arange(lo[0], hi[0] + 1) * step
+    u_ax = np.arange(lo[1], hi[1] + 1) * step
+    vv, uu = np.meshgrid(v_ax, u_ax, indexing="ij")
+    img = np.stack([vv.ravel(), uu.ravel()], axis=1) @ rot.T + [cy, cx]   # back to image (y, x)
+    idx = np.stack([(img[:, 0] - y[0]) / dy, (img[:, 1] - x[0]) / dx])
+    shape = vv.shape
+
+    def sample(values, order):
+        out = ndimage.map_coordinates(np.asarray(values, dtype=float), idx, order=order, mode="constant",
+                                      cval=np.nan)
+        return out.reshape(shape)
+
+    inside = sample(mask.astype(float), 0) > 0.5
+    out = xr.Dataset(coords={"y": ("y", v_ax, {**stack["y"].attrs, "long_name": "along c (crystal grid)"}),
+                             "x": ("x", u_ax, {**stack["x"].attrs, "long_name": "along a (crystal grid)"})},
+                     attrs=dict(stack.attrs))
+    for k, v in stack.data_vars.items():
+        if k == "mask" or v.dims != ("y", "x") or v.dtype.kind not in "iuf":
+            continue
+        filled = np.where(mask, v.values, np.nan) if k in STACK_VARIABLES else v.values
+        out[k] = (("y", "x"), sample(_nearest_fill(filled) if k in STACK_VARIABLES else filled, 1), dict(v.attrs))
+    keep = inside & np.all([np.isfinite(out[k].values) for k in STACK_VARIABLES if k in out and k != "X_sigma"],
+                           axis=0)
+    keep = geometry.largest_component(keep)
+    for k in STACK_VARIABLES:
+        if k in out:
+            out[k] = out[k].where(keep)
+    out["mask"] = (("y", "x"), keep, {**stack["mask"].attrs, "units": "1"})
+    out.attrs.update(crystal_angle_rad=0.0, image_angle_rad=angle)
     return out

@@ -15,20 +15,33 @@ its own, so the array can be shipped to the worker processes of a
 chunk size.
 
 zarr stores need the optional ``zarr`` package; HDF5 needs ``h5py``.
+
+Files that cannot be read: every reader raises :class:`MissingFileError` (a
+``FileNotFoundError`` that is also a ``ValueError``, as bad input is in this
+package) for a missing file and :class:`FileFormatError` (a ``ValueError``) for one that is
+empty, truncated, of another format (a text file or an image renamed ``.h5``)
+or laid out differently than the reader expects (no 4-D dataset, no
+``entry_N/image_1/data``, a missing variable). The message names the file and
+says what was expected; the underlying library's exception is chained as
+``__cause__``. Chunks of a lazy datacube that fail to read later (a file cut
+short after it was opened) raise the same error, naming the file.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 
-from . import _py4dstem, _validate
+from . import _validate
 
 __all__ = [
+    "FileFormatError",
+    "MissingFileError",
     "open_datacube",
     "save_datacube",
     "load_datacube",
@@ -38,12 +51,265 @@ __all__ = [
     "load_netcdf",
     "save_stack",
     "load_stack",
+    "read_published_stack",
+    "read_stacks",
 ]
 
 CHUNK_TARGET_MIB = 32.0  # default chunk size, MiB of patterns (whole scan rows)
 _HDF5_SUFFIXES = (".h5", ".hdf5", ".emd", ".hdf")
 _EV_PER_JOULE = 1.0 / 1.602176634e-19
 _MASK_FLAGS = {"flag_values": np.array([0, 1], dtype=np.uint8), "flag_meanings": "outside inside"}
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: files written atomically get the permissions a plain open() would give
+
+
+class FileFormatError(ValueError):
+    """A file exists but cannot be read as what the reader expects.
+
+    Raised for empty, truncated, wrong-format and wrong-layout files; the
+    message names the file and says what was expected, and the underlying
+    library error (h5py, netCDF, numpy, zarr), if any, is chained as
+    ``__cause__``. A subclass of ``ValueError``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "notes.h5"
+    >>> _ = p.write_text("not a datacube")
+    >>> try:
+    ...     open_datacube(p)
+    ... except FileFormatError as err:
+    ...     print(str(p) in str(err), "not an HDF5 file" in str(err), "looks like a text file" in str(err))
+    True True True
+    """
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file to read does not exist.
+
+    Both a ``FileNotFoundError`` and, as any bad input to this package, a
+    ``ValueError``; the message names the file and says what was expected there.
+    """
+
+
+def _looks_like(head: bytes) -> str:
+    """A guess at what a file is from its first bytes, for error messages."""
+    known = ((_HDF5_SIGNATURE, "an HDF5 file"), (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"),
+             (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"\x93NUMPY", "a numpy .npy file"),
+             (b"PK\x03\x04", "a zip archive (.npz?)"), (b"PK\x05\x06", "an empty zip archive"),
+             (b"CDF\x01", "a NetCDF-3 file"), (b"CDF\x02", "a NetCDF-3 file"), (b"MATLAB", "a MATLAB file"))
+    for sig, what in known:
+        if head.startswith(sig):
+            return what
+    try:
+        head.decode("utf-8")
+        return "a text file"
+    except UnicodeDecodeError:
+        return f"unknown binary data (first bytes {head[:8].hex(' ')})"
+
+
+def _hdf5_signature(p: Path, size: int) -> bool:
+    """True if the HDF5 signature sits at byte 0, 512, 1024, ... (after an optional user block)."""
+    with open(p, "rb") as f:
+        offset = 0
+        while offset + 8 <= size:
+            f.seek(offset)
+            if f.read(8) == _HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
+
+
+def _check_file(path: Path, *, expected: str, signature: str | None = None) -> Path:
+    """Raise MissingFileError (missing) or FileFormatError (a folder, empty, no signature of the format).
+
+    `signature` is one of ``"hdf5"``, ``"npy"``, ``"npz"``, ``"netcdf"`` or None (no check).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError(f"file {str(p)!r} does not exist (expected {expected})")
+    if not p.is_file():
+        raise FileFormatError(f"{str(p)!r} is a folder, not a file; expected {expected}")
+    size = p.stat().st_size
+    if size == 0:
+        raise FileFormatError(f"file {str(p)!r} is empty (0 bytes); expected {expected}")
+    with open(p, "rb") as f:
+        head = f.read(64)
+    ok = {"hdf5": lambda: _hdf5_signature(p, size), "npy": lambda: head.startswith(b"\x93NUMPY"),
+          "npz": lambda: head[:4] in (b"PK\x03\x04", b"PK\x05\x06"),
+          "netcdf": lambda: head.startswith(b"CDF") or _hdf5_signature(p, size)}
+    if signature is not None and not ok[signature]():
+        kind = {"hdf5": "an HDF5 file", "npy": "a numpy .npy file", "npz": "a numpy .npz (zip) file",
+                "netcdf": "a NetCDF file"}[signature]
+        raise FileFormatError(f"file {str(p)!r} is not {kind}: it looks like {_looks_like(head)}; "
+                              f"expected {expected}")
+    return p
+
+
+def _reason(err: BaseException) -> str:
+    """The library's message, made readable for the two common HDF5 failures."""
+    msg = str(err) or type(err).__name__
+    if "truncated file" in msg:
+        import re
+
+        m = re.search(r"eof = (\d+).*stored_eof = (\d+)", msg)
+        if m:
+            return (f"the file is truncated ({int(m.group(1))} of {int(m.group(2))} bytes present; "
+                    "an interrupted copy or download?)")
+        return "the file is truncated (an interrupted copy or download?)"
+    if type(err).__name__ == "BadZipFile":
+        return f"the zip archive is truncated or damaged ({msg})"
+    return f"{type(err).__name__}: {msg}"
+
+
+@contextmanager
+def _reading(path, expected: str):
+    """Turn any error raised while reading `path` into one FileFormatError naming the file."""
+    try:
+        yield
+    except (FileFormatError, MissingFileError, ImportError, MemoryError):
+        raise
+    except Exception as err:
+        raise FileFormatError(f"cannot read {str(path)!r}: {_reason(err)}; expected {expected}") from err
+
+
+_PUBLISHED = ("a MATLAB file (v5 or v7.3) in the layout Deng et al. (2022) published: 2-D exx, eyy, exy, theta "
+              "(crystal-frame strain), mask, LFP and FP (fitted thicknesses) on one grid, scalar rot (angle of "
+              "the a axis in the image, rad); optional HAADF, VADF, VBF, filename")
+_PUBLISHED_MAPS = ("exx", "eyy", "exy", "theta", "mask", "LFP", "FP")
+_PUBLISHED_IMAGES = ("HAADF", "VADF", "VBF")
+
+
+def _read_mat(p: Path) -> dict:
+    """Variables of a MATLAB file as numpy arrays (v7.3 = HDF5 read with h5py, transposed to row order)."""
+    if _hdf5_signature(p, p.stat().st_size):
+        import h5py
+
+        out = {}
+        with h5py.File(p, "r") as f:
+            for k, v in f.items():
+                if isinstance(v, h5py.Dataset):
+                    a = np.asarray(v[()])
+                    if v.attrs.get("MATLAB_class", b"") in (b"char", "char"):
+                        out[k] = "".join(chr(c) for c in a.ravel())
+                    else:
+                        out[k] = a.T   # MATLAB stores columns first
+        return out
+    import scipy.io
+
+    data = scipy.io.loadmat(p, squeeze_me=True)
+    return {k: v for k, v in data.items() if not k.startswith("__")}
+
+
+def read_published_stack(path: str | os.PathLike) -> xr.Dataset:
+    """Read one particle's correlated stack in the layout Deng et al. (2022) published with their code.
+
+    The MATLAB file (v5 through scipy, v7.3 through h5py) holds, on one image
+    grid: ``exx``, ``eyy``, ``exy`` and ``theta`` — the strain *already in the
+    crystal frame* (``exx`` = ε_aa, ``eyy`` = ε_cc, ``exy`` = ε_ac) — ``mask``,
+    ``LFP`` and ``FP`` (the fitted thicknesses of the two reference spectra, so
+    ``X = LFP / (LFP + FP)``), the virtual images ``HAADF``, ``VADF``, ``VBF``,
+    a scalar ``rot`` (angle of the crystal a axis in the image, radians) and
+    ``filename``. The authors' files carry no licence and are not part of this
+    project: get them from the authors' code repository.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The ``.mat`` file.
+
+    Returns
+    -------
+    xarray.Dataset
+        The form :func:`chemomech.correlate.correlate` gives, on ``("y", "x")``
+        in pixels: ``X`` (volume fraction of LiFePO4 from the two thicknesses),
+        ``X_sigma`` (NaN: not in the file), ``thickness`` (``LFP + FP``), ``exx``,
+        ``eyy``, ``exy``, ``theta``, the virtual images present, and ``mask``
+        (the file's mask and finite values). ``attrs``: ``crystal_angle_rad``
+        (= ``rot``), ``source`` (``filename``, else the file name), ``path``,
+        ``frame`` (strain components in the crystal frame, grid in the image
+        frame: turn it with :func:`chemomech.correlate.align_to_crystal` before
+        learning).
+
+    Raises
+    ------
+    MissingFileError, FileFormatError
+        A missing file; an empty, truncated, wrong-format or wrong-layout one
+        (missing variable, maps of different shapes, no valid pixel).
+    """
+    p = _check_file(Path(path), expected=_PUBLISHED)
+    with _reading(p, _PUBLISHED):
+        raw = _read_mat(p)
+    missing = [k for k in _PUBLISHED_MAPS + ("rot",) if k not in raw]
+    if missing:
+        raise FileFormatError(f"{str(p)!r} lacks {missing}; expected {_PUBLISHED}")
+    maps = {}
+    for k in _PUBLISHED_MAPS + tuple(i for i in _PUBLISHED_IMAGES if i in raw):
+        a = np.asarray(raw[k])
+        if a.ndim != 2 or a.dtype.kind not in "biuf":
+            raise FileFormatError(f"{str(p)!r}: {k} must be a 2-D numeric map, got shape {a.shape} "
+                                  f"({a.dtype}); expected {_PUBLISHED}")
+        maps[k] = a.astype(float)
+    shapes = {k: v.shape for k, v in maps.items()}
+    if len(set(shapes.values())) != 1:
+        raise FileFormatError(f"{str(p)!r}: the maps must share one grid, got shapes {shapes}")
+    rot = np.asarray(raw["rot"], dtype=float).ravel()
+    if rot.size != 1 or not np.isfinite(rot[0]):
+        raise FileFormatError(f"{str(p)!r}: rot must be one finite angle in radians, got {raw['rot']!r}")
+    total = maps["LFP"] + maps["FP"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.where(total > 0, maps["LFP"] / total, np.nan)
+    strain = ("exx", "eyy", "exy", "theta")
+    mask = (maps["mask"] > 0.5) & np.isfinite(x) & np.all([np.isfinite(maps[k]) for k in strain], axis=0)
+    if not mask.any():
+        raise FileFormatError(f"{str(p)!r}: no pixel of mask has finite strain and LFP + FP > 0; "
+                              f"expected {_PUBLISHED}")
+    ny, nx = mask.shape
+    coords = {"y": ("y", np.arange(ny, dtype=float), {"units": "px", "long_name": "y (image rows)"}),
+              "x": ("x", np.arange(nx, dtype=float), {"units": "px", "long_name": "x (image columns)"})}
+    one = {"units": "1"}
+    names = {"exx": "strain e_aa", "eyy": "strain e_cc", "exy": "tensor shear e_ac", "theta": "rigid rotation"}
+    data = {"X": (("y", "x"), np.where(mask, x, np.nan), {**one, "long_name": "Li fraction X (LFP / (LFP + FP))"}),
+            "X_sigma": (("y", "x"), np.full(mask.shape, np.nan),
+                        {**one, "long_name": "standard deviation of X (not in the file)"}),
+            "thickness": (("y", "x"), np.where(mask, total, np.nan),
+                          {**one, "long_name": "LFP + FP (reference thickness units)"})}
+    for k in strain:
+        data[k] = (("y", "x"), np.where(mask, maps[k], np.nan),
+                   {"units": "rad" if k == "theta" else "1", "long_name": names[k]})
+    for k in _PUBLISHED_IMAGES:
+        if k in maps:
+            data[k] = (("y", "x"), maps[k], {"units": "counts", "long_name": f"virtual {k} image"})
+    data["mask"] = (("y", "x"), mask, {"units": "1", "long_name": "particle mask"})
+    source = raw.get("filename")
+    source = str(source) if isinstance(source, str) or np.ndim(source) == 0 and source is not None else p.name
+    return xr.Dataset(data, coords=coords, attrs={
+        "crystal_angle_rad": float(rot[0]), "source": source, "path": str(p),
+        "frame": "strain components in the crystal frame (x || a, y || c); grid in the image frame"})
+
+
+def read_stacks(paths) -> list:
+    """Correlated stacks from files: ``.nc`` (:func:`load_stack`) or published ``.mat`` (:func:`read_published_stack`).
+
+    Each stack's ``attrs["particle"]`` names it (the file's particle or source name, made unique).
+    """
+    stacks = []
+    for raw in paths:
+        p = Path(raw)
+        if p.suffix.lower() == ".mat":
+            stack = read_published_stack(p)
+        elif p.suffix.lower() == ".nc":
+            stack = load_stack(p)
+            if "crystal_angle_rad" not in stack.attrs:
+                raise FileFormatError(f"{str(p)!r} has no crystal_angle_rad attribute; expected a stack whose "
+                                         "strain is in the crystal frame (correlate(..., crystal_angle_rad=...))")
+        else:
+            raise FileFormatError(f"{str(p)!r}: expected a .nc (chemomech) or .mat (published layout) stack")
+        name = str(stack.attrs.get("particle") or stack.attrs.get("source") or p.stem)
+        stacks.append(stack.assign_attrs(particle=f"{name} [{len(stacks)}]" if any(
+            s.attrs["particle"] == name for s in stacks) else name))
+    return stacks
 
 
 class _HDF5Array:
@@ -56,8 +322,21 @@ class _HDF5Array:
     def __getitem__(self, key):
         import h5py
 
-        with h5py.File(self.path, "r") as f:
-            return f[self.dataset][key]
+        with _reading(self.path, f"an HDF5 file whose dataset {self.dataset!r} holds a {self.shape} datacube"):
+            with h5py.File(self.path, "r") as f:
+                return f[self.dataset][key]
+
+
+class _ZarrArray(_HDF5Array):
+    """A picklable, read-only view of one zarr array; each read opens the store."""
+
+    def __getitem__(self, key):
+        import zarr
+
+        with _reading(self.path, f"a zarr store whose array {self.dataset or '(root)'!r} holds a {self.shape} "
+                                 "datacube"):
+            node = zarr.open(self.path, mode="r")
+            return (node[self.dataset] if self.dataset else node)[key]
 
 
 def _datasets_4d(f) -> list[tuple[str, bool]]:
@@ -108,17 +387,21 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
 
     Raises
     ------
-    FileNotFoundError
-        `path` does not exist.
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
     ValueError
-        Unknown file type, `dataset` missing or not 4-D, no or several 4-D datasets.
+        Unknown file suffix, bad `chunk_rows`.
+    FileFormatError
+        The file is empty, truncated (checked at open time: the first and the
+        last element are read), not HDF5/zarr, `dataset` missing or not 4-D, no
+        or several 4-D datasets. A chunk that fails to read later raises it too.
 
     Examples
     --------
     >>> import tempfile, os
     >>> with tempfile.TemporaryDirectory() as folder:
     ...     p = os.path.join(folder, "cube.h5")
-    ...     save_datacube(np.ones((4, 3, 16, 16), np.float32), p)
+    ...     _ = save_datacube(np.ones((4, 3, 16, 16), np.float32), p)
     ...     cube = open_datacube(p, chunk_rows=2)
     ...     print(cube.shape, cube.chunks[0], float(cube.sum().compute()))
     (4, 3, 16, 16) (2, 2) 3072.0
@@ -127,59 +410,106 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
 
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
+    if dataset is not None and not isinstance(dataset, str):
+        raise TypeError(f"dataset must be a str (path inside the file), got {type(dataset).__name__}")
+    if chunk_rows is not None:
+        _row_chunks((1, 1, 1, 1), 1, chunk_rows)  # argument check before touching the file
     p = Path(path)
+    expected = "a 4D-STEM datacube (ny, nx, ky, kx) in an HDF5 file or a zarr store"
     if not p.exists():
-        raise FileNotFoundError(f"path {str(p)!r} does not exist")
+        raise MissingFileError(f"path {str(p)!r} does not exist (expected {expected})")
     if p.is_dir() or p.suffix.lower() == ".zarr":
-        try:
-            import zarr
-        except ImportError as err:
-            raise ImportError(f"path {str(p)!r} looks like a zarr store, but zarr is not installed "
-                              "(pip install zarr)") from err
-        node = zarr.open(str(p), mode="r")
-        if dataset is not None:
-            if dataset.strip("/") not in node:
-                raise ValueError(f"dataset {dataset!r} not found in zarr store {str(p)!r}")
-            node = node[dataset.strip("/")]
-        if not hasattr(node, "shape"):
-            raise ValueError(f"path {str(p)!r} is a zarr group: pass dataset= (the 4-D array inside it)")
-        if len(node.shape) != 4:
-            raise ValueError(f"the zarr array in {str(p)!r} must be 4-D (ny, nx, ky, kx), got shape {node.shape}")
-        chunks = _row_chunks(node.shape, node.dtype.itemsize, chunk_rows)
-        return da.from_zarr(str(p), component=dataset.strip("/") if dataset else None, chunks=chunks)
-    if p.suffix.lower() not in _HDF5_SUFFIXES:
-        raise ValueError(f"path must be an HDF5 file ({', '.join(_HDF5_SUFFIXES)}) or a .zarr store, "
-                         f"got {p.name!r}")
-    import h5py
-
-    with h5py.File(p, "r") as f:
-        cubes = _datasets_4d(f)
-        if dataset is not None:
-            if dataset not in f:
-                raise ValueError(f"dataset {dataset!r} not found in {str(p)!r}; 4-D datasets there: "
-                                 f"{[c[0] for c in cubes]}")
-            obj = f[dataset]
-            if not isinstance(obj, h5py.Dataset) or obj.ndim != 4:
-                raise ValueError(f"dataset {dataset!r} in {str(p)!r} must be a 4-D dataset (ny, nx, ky, kx), "
-                                 f"got {getattr(obj, 'shape', 'a group')}")
-            name = obj.name
-        else:
-            p4 = [c[0] for c in cubes if c[1]]
-            if len(cubes) == 1 or len(p4) == 1:
-                name = cubes[0][0] if len(cubes) == 1 else p4[0]
-            else:
-                raise ValueError(f"{str(p)!r} holds {len(cubes)} 4-D datasets "
-                                 f"({[c[0] for c in cubes]}); pass dataset= to choose one" if cubes else
-                                 f"{str(p)!r} holds no 4-D dataset (ny, nx, ky, kx)")
-        shape, dtype = f[name].shape, f[name].dtype
-    src = _HDF5Array(str(p.resolve()), name, shape, dtype)
-    chunks = _row_chunks(shape, dtype.itemsize, chunk_rows)
-    return da.from_array(src, chunks=chunks, name=f"open_datacube-{p.name}-{name}-{p.stat().st_mtime_ns}",
+        src = _open_zarr(p, dataset)
+    else:
+        if p.suffix.lower() not in _HDF5_SUFFIXES:
+            raise ValueError(f"path must be an HDF5 file ({', '.join(_HDF5_SUFFIXES)}) or a .zarr store, "
+                             f"got {p.name!r}")
+        src = _open_hdf5(p, dataset)
+    chunks = _row_chunks(src.shape, src.dtype.itemsize, chunk_rows)
+    return da.from_array(src, chunks=chunks,
+                         name=f"open_datacube-{p.name}-{src.dataset}-{p.stat().st_mtime_ns}",
                          asarray=True, fancy=False, inline_array=True)  # no shared key: chunks spread over workers
 
 
-def save_datacube(datacube, path: str | Path, *, dataset: str = "datacube", chunk_rows: int = 1) -> None:
+def _probe_corners(src, p: Path, what: str) -> None:
+    """Read the first and the last element: a store cut short fails here, at open time, not mid-analysis."""
+    if any(n == 0 for n in src.shape):
+        raise FileFormatError(f"{what} in {str(p)!r} is empty (shape {src.shape}); expected a 4D-STEM datacube")
+    src[0, 0, 0:1, 0:1]
+    src[-1, -1, -1:, -1:]
+
+
+def _open_hdf5(p: Path, dataset: str | None) -> _HDF5Array:
+    import h5py
+
+    expected = "an HDF5 file holding a 4-D dataset (ny, nx, ky, kx)"
+    _check_file(p, expected=expected, signature="hdf5")
+    with _reading(p, expected):
+        with h5py.File(p, "r") as f:
+            cubes = _datasets_4d(f)
+            if dataset is not None:
+                if dataset not in f:
+                    raise FileFormatError(f"dataset {dataset!r} not found in {str(p)!r}; 4-D datasets there: "
+                                          f"{[c[0] for c in cubes]}")
+                obj = f[dataset]
+                if not isinstance(obj, h5py.Dataset) or obj.ndim != 4:
+                    raise FileFormatError(f"dataset {dataset!r} in {str(p)!r} must be a 4-D dataset "
+                                          f"(ny, nx, ky, kx), got {getattr(obj, 'shape', 'a group')}")
+                name = obj.name
+            else:
+                p4 = [c[0] for c in cubes if c[1]]
+                if len(cubes) == 1 or len(p4) == 1:
+                    name = cubes[0][0] if len(cubes) == 1 else p4[0]
+                else:
+                    raise FileFormatError(
+                        f"{str(p)!r} holds {len(cubes)} 4-D datasets ({[c[0] for c in cubes]}); pass dataset= to "
+                        "choose one" if cubes else f"{str(p)!r} holds no 4-D dataset; expected a 4D-STEM "
+                        "datacube (ny, nx, ky, kx) (a py4DSTEM DataCube or a plain 4-D dataset)")
+            dset = f[name]
+            shape, dtype = dset.shape, dset.dtype
+            if dtype.kind not in "iufc":
+                raise FileFormatError(f"dataset {name!r} in {str(p)!r} holds {dtype} data; expected numbers")
+            if dset.chunks is None and dset.id.get_offset() is not None:  # contiguous: its bytes must be there
+                end = dset.id.get_offset() + dset.id.get_storage_size()
+                if end > p.stat().st_size:
+                    raise FileFormatError(f"{str(p)!r} is truncated: dataset {name!r} ends at byte {end} but the "
+                                          f"file has {p.stat().st_size} bytes")
+    src = _HDF5Array(str(p.resolve()), name, shape, dtype)
+    _probe_corners(src, p, f"dataset {name!r}")
+    return src
+
+
+def _open_zarr(p: Path, dataset: str | None) -> _ZarrArray:
+    try:
+        import zarr
+    except ImportError as err:
+        raise ImportError(f"path {str(p)!r} looks like a zarr store, but zarr is not installed "
+                          "(pip install zarr)") from err
+    expected = "a zarr store holding a 4-D array (ny, nx, ky, kx)"
+    if not p.is_dir():
+        raise FileFormatError(f"{str(p)!r} is a file, not a zarr store (a folder); expected {expected}")
+    key = dataset.strip("/") if dataset else ""
+    with _reading(p, expected):
+        node = zarr.open(str(p), mode="r")
+        if key:
+            if key not in node:
+                raise FileFormatError(f"dataset {dataset!r} not found in zarr store {str(p)!r}")
+            node = node[key]
+        if not hasattr(node, "shape"):
+            raise FileFormatError(f"{str(p)!r} is a zarr group: pass dataset= (the 4-D array inside it)")
+        if len(node.shape) != 4:
+            raise FileFormatError(f"the zarr array in {str(p)!r} must be 4-D (ny, nx, ky, kx), "
+                                  f"got shape {node.shape}")
+        src = _ZarrArray(str(p.resolve()), key, node.shape, node.dtype)
+    _probe_corners(src, p, f"array {key or '(root)'!r}")
+    return src
+
+
+def save_datacube(datacube, path: str | Path, *, dataset: str = "datacube", chunk_rows: int = 1) -> Path:
     """Write a ``(ny, nx, ky, kx)`` numpy or dask array to a plain HDF5 dataset, chunk by chunk.
+
+    The write is atomic: a temporary file beside `path` is moved into place
+    only when complete, so an interrupted write leaves any old file intact.
 
     Parameters
     ----------
@@ -191,37 +521,87 @@ def save_datacube(datacube, path: str | Path, *, dataset: str = "datacube", chun
         Dataset name.
     chunk_rows : int
         Scan rows per HDF5 storage chunk.
+
+    Returns
+    -------
+    pathlib.Path
+        The path written.
     """
     import h5py
 
-    shape = tuple(datacube.shape)
+    shape = tuple(getattr(datacube, "shape", ()))
     if len(shape) != 4:
         raise ValueError(f"datacube must be 4-D (ny, nx, ky, kx), got shape {shape}")
-    with h5py.File(path, "w") as f:
-        dset = f.create_dataset(dataset, shape=shape, dtype=datacube.dtype,
-                                chunks=(min(int(chunk_rows), shape[0]),) + shape[1:])
-        step = datacube.chunks[0] if hasattr(datacube, "chunks") and datacube.chunks else (shape[0],)
-        start = 0
-        for n in step:
-            block = datacube[start:start + n]
-            dset[start:start + n] = np.asarray(block.compute() if hasattr(block, "compute") else block)
-            start += n
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be a positive integer (scan rows per chunk), got {chunk_rows!r}")
+
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            dset = f.create_dataset(dataset, shape=shape, dtype=datacube.dtype,
+                                    chunks=(min(int(chunk_rows), shape[0]),) + shape[1:])
+            step = datacube.chunks[0] if hasattr(datacube, "chunks") and datacube.chunks else (shape[0],)
+            start = 0
+            for n in step:
+                block = datacube[start:start + n]
+                dset[start:start + n] = np.asarray(block.compute() if hasattr(block, "compute") else block)
+                start += n
+
+    return _atomic_write(Path(path), write)
 
 
 def load_datacube(path: str | Path) -> np.ndarray:
-    """Read a whole ``(y, x, ky, kx)`` datacube into memory from ``.npy`` or py4DSTEM HDF5.
+    """Read a whole ``(y, x, ky, kx)`` datacube into memory from ``.npy`` or HDF5.
 
-    For large files use :func:`open_datacube`, which reads lazily.
+    HDF5 (``.h5``, ``.hdf5``, ``.emd``, ``.hdf``): a py4DSTEM/EMD file or any
+    file with one 4-D dataset, read through :func:`open_datacube` (the same
+    checks). For large files use :func:`open_datacube`, which reads lazily.
+
+    Raises
+    ------
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
+    FileFormatError
+        The file is empty, truncated, of another format or holds no 4-D array.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "cube.npy"
+    >>> np.save(p, np.zeros((2, 3, 4, 4)))
+    >>> load_datacube(p).shape
+    (2, 3, 4, 4)
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        if not path.is_file():
-            raise ValueError(f"path {str(path)!r} does not exist")
-        return _validate.array(np.load(path), name="datacube", ndim=4)
-    if suffix in (".h5", ".hdf5", ".emd"):
-        return _validate.array(_py4dstem.read_datacube(path), name="datacube", ndim=4)
-    raise ValueError(f"path must end in .npy, .h5, .hdf5 or .emd, got {path.name!r}")
+        expected = "a 4-D numpy array (ny, nx, ky, kx) in a .npy file"
+        _check_file(path, expected=expected, signature="npy")
+        with _reading(path, expected):
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                          else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = header(f)
+                need = f.tell() + int(np.prod(shape)) * dtype.itemsize
+            have = path.stat().st_size
+            if have < need:
+                raise FileFormatError(f"file {str(path)!r} is truncated: it has {have} bytes, expected {need} for "
+                                      f"the {shape} {dtype} array its header announces")
+            if len(shape) != 4:
+                raise FileFormatError(f"file {str(path)!r} holds an array of shape {shape}; expected 4-D "
+                                      "(ny, nx, ky, kx)")
+            if dtype.kind not in "iufc":
+                raise FileFormatError(f"file {str(path)!r} holds {dtype} data; expected a numeric datacube")
+            data = np.load(path, allow_pickle=False)
+        return _validate.array(data, name=f"datacube in {str(path)!r}", ndim=4)
+    if suffix in _HDF5_SUFFIXES:
+        cube = open_datacube(path)
+        with _reading(path, "an HDF5 file holding a 4-D dataset (ny, nx, ky, kx)"):
+            data = np.asarray(cube.compute())
+        return _validate.array(data, name=f"datacube in {str(path)!r}", ndim=4)
+    raise ValueError(f"path must end in .npy, {', '.join(_HDF5_SUFFIXES)}, got {path.name!r}")
 
 
 # --- NetCDF: results, strain maps, correlated stacks ------------------------------------------
@@ -230,10 +610,16 @@ def load_datacube(path: str | Path) -> np.ndarray:
 def _atomic_write(path: Path, write) -> Path:
     """Call ``write(tmp_path)`` on a temporary file beside `path`, then move it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent or ".")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"cannot write {str(path)!r}: folder {str(folder)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot write {str(path)!r}: it is a folder")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=folder)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it 0600; give it what open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -303,11 +689,26 @@ def save_netcdf(ds: xr.Dataset | xr.DataArray, path: str | os.PathLike) -> Path:
 
 
 def load_netcdf(path: str | os.PathLike) -> xr.Dataset:
-    """Read a Dataset written by :func:`save_netcdf` (masks back to bool), fully into memory."""
+    """Read a Dataset written by :func:`save_netcdf` (masks back to bool), fully into memory.
+
+    NetCDF-4/HDF5 files are read with h5netcdf, NetCDF-3 (classic) files with scipy.
+
+    Raises
+    ------
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
+    FileFormatError
+        The file is empty, truncated or not NetCDF.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"path {str(path)!r} does not exist")
-    return _decode(xr.load_dataset(path, engine="h5netcdf"))
+    expected = "a NetCDF file (as written by chemomech.io.save_netcdf)"
+    _check_file(path, expected=expected, signature="netcdf")
+    with open(path, "rb") as f:
+        classic = f.read(3) == b"CDF"
+    with _reading(path, expected):
+        return _decode(xr.load_dataset(path, engine="scipy" if classic else "h5netcdf"))
 
 
 def save_stack(stack: xr.Dataset, path: str | os.PathLike) -> Path:
@@ -327,12 +728,29 @@ def save_stack(stack: xr.Dataset, path: str | os.PathLike) -> Path:
 
 
 def load_stack(path: str | os.PathLike) -> xr.Dataset:
-    """Read a correlated stack written by :func:`save_stack` (mask back to bool)."""
+    """Read a correlated stack written by :func:`save_stack` (mask back to bool).
+
+    Raises
+    ------
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
+    FileFormatError
+        The file is empty, truncated, not NetCDF, or lacks a variable of a correlated stack.
+    """
     ds = load_netcdf(path)
+    missing = [k for k in _validate.STACK_VARIABLES if k not in ds]
+    if missing:
+        raise FileFormatError(f"{os.fspath(path)!r} is not a correlated stack: it lacks {missing}; expected a "
+                              f"NetCDF file from chemomech.io.save_stack with {', '.join(_validate.STACK_VARIABLES)} "
+                              "on (y, x)")
     return _validate.correlated_stack(ds, name=f"file {os.fspath(path)!r}")
 
 
 # --- energy stacks -----------------------------------------------------------------------------
+
+
+_CXI_LAYOUT = ("a CXI ptychography file: entry_N/image_1/data (2-D object, or 3-D with one frame per energy) "
+               "and entry_N/instrument_1/source_1/energy (J)")
 
 
 def read_stack(path) -> xr.DataArray:
@@ -354,41 +772,71 @@ def read_stack(path) -> xr.DataArray:
     -------
     xarray.DataArray
         ``(energy, y, x)`` sorted by energy, energy in eV, y/x in nm (or px).
+
+    Raises
+    ------
+    MissingFileError
+        `path` does not exist (a ``FileNotFoundError`` and a ``ValueError``).
+    FileFormatError
+        The file is empty, truncated, of another format, or not laid out as above.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
     path = Path(path)
-    if not path.exists():
-        raise ValueError(f"path {str(path)!r} does not exist")
+    where = str(path)
     if path.suffix in (".nc", ".netcdf"):
         ds = load_netcdf(path)
-        da = ds["stack" if "stack" in ds else next(iter(ds.data_vars))]
-        return _validate.energy_stack(da.sortby("energy"))
+        expected = "a NetCDF energy stack: a variable 'stack' (or a single variable) on (energy, y, x)"
+        with _reading(path, expected):
+            if not ds.data_vars:
+                raise FileFormatError(f"{where!r} holds no variables; expected {expected}")
+            da = ds["stack" if "stack" in ds else next(iter(ds.data_vars))]
+            if "energy" not in da.coords:
+                raise FileFormatError(f"variable {da.name!r} in {where!r} has no 'energy' coordinate "
+                                      f"(dims {da.dims}); expected {expected}")
+            da = da.sortby("energy")
+        # content (too few energies, an all-NaN frame) is checked as for any stack, naming the file
+        return _validate.energy_stack(da, name=f"stack in {where!r}")
     if path.suffix == ".npz":
-        with np.load(path) as z:
-            if "stack" not in z or "energy" not in z:
-                raise ValueError(f"{path.name} must hold arrays 'stack' (energy, y, x) and 'energy' (eV)")
-            data, e = z["stack"], z["energy"].astype(float)
-        if data.ndim != 3 or data.shape[0] != e.size:
-            raise ValueError(f"{path.name}: stack shape {data.shape} does not match {e.size} energies")
+        expected = "a .npz file with arrays 'stack' (energy, y, x) and 'energy' (eV)"
+        _check_file(path, expected=expected, signature="npz")
+        with _reading(path, expected):
+            with np.load(path, allow_pickle=False) as z:
+                if "stack" not in z or "energy" not in z:
+                    raise FileFormatError(f"{where!r} holds arrays {sorted(z.files)}; expected {expected}")
+                data, e = z["stack"], z["energy"].astype(float)
+            if data.ndim != 3 or e.ndim != 1 or data.shape[0] != e.size:
+                raise FileFormatError(f"{where!r}: stack shape {data.shape} does not match {e.size} energies; "
+                                      f"expected {expected}")
         da = xr.DataArray(data, dims=("energy", "y", "x"), coords={
             "energy": ("energy", e, {"units": "eV", "long_name": "photon energy"})})
-        return _validate.energy_stack(da)
+        return _validate.energy_stack(da, name=f"stack in {where!r}")
     if path.suffix not in (".cxi", ".h5", ".hdf5"):
         raise ValueError(f"path must end in .cxi, .h5, .hdf5, .nc or .npz, got {path.suffix!r}")
     import h5py
 
+    _check_file(path, expected=_CXI_LAYOUT, signature="hdf5")
     frames, energies, pix = [], [], None
-    with h5py.File(path, "r") as f:
-        entries = sorted((k for k in f if k.startswith("entry_")), key=lambda k: int(k.split("_")[1]))
+    with _reading(path, _CXI_LAYOUT), h5py.File(path, "r") as f:
+        entries = sorted((k for k in f if k.startswith("entry_") and k[6:].isdigit()), key=lambda k: int(k[6:]))
         if not entries:
-            raise ValueError(f"{path.name} has no entry_N groups; is it a CXI file?")
+            raise FileFormatError(f"{where!r} has no entry_N groups (top level: {sorted(f)[:8]}); "
+                                  f"expected {_CXI_LAYOUT}")
         for name in entries:
             g = f[name]
+            for key in ("image_1/data", "instrument_1/source_1/energy"):
+                if key not in g:
+                    raise FileFormatError(f"{where!r}: {name}/{key} is missing; expected {_CXI_LAYOUT}")
             data = g["image_1/data"][()]
             e = np.atleast_1d(g["instrument_1/source_1/energy"][()]).astype(float) * _EV_PER_JOULE
             if data.ndim == 2:
                 data = data[None]
-            if data.shape[0] != e.size:
-                raise ValueError(f"{name}: {data.shape[0]} frames but {e.size} energies")
+            if data.ndim != 3 or data.shape[0] != e.size:
+                raise FileFormatError(f"{where!r}: {name}/image_1/data has shape {data.shape} for {e.size} "
+                                      f"energies; expected {_CXI_LAYOUT}")
+            if frames and data.shape[1:] != frames[0].shape[1:]:
+                raise FileFormatError(f"{where!r}: {name}/image_1/data is {data.shape[1:]} but "
+                                      f"{entries[0]}'s is {frames[0].shape[1:]}; every energy needs the same grid")
             frames.append(data)
             energies.append(e)
             if pix is None and "x_pixel_size" in g["image_1"]:
@@ -405,7 +853,7 @@ def read_stack(path) -> xr.DataArray:
         "y": ("y", yc, {"units": unit, "long_name": "y (image rows)"}),
         "x": ("x", xc, {"units": unit, "long_name": "x (image columns)"})},
         attrs={"units": "1", "long_name": "object transmission", "source": path.name})
-    return _validate.energy_stack(da.sortby("energy"))
+    return _validate.energy_stack(da.sortby("energy"), name=f"stack in {where!r}")
 
 
 def write_cxi(stack: xr.DataArray, path) -> Path:

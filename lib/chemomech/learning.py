@@ -37,6 +37,15 @@ polynomial degree, block and particle bootstrap, the naive per-pixel regression
 that most people try first, and SIMEX [2]_ to undo the regression dilution that
 noise in X causes.
 
+Imperfect data: pixels of a particle where the strain or X is not finite (lost
+frames, dead detector pixels, a failed energy) are left out of the fit with a
+:class:`DataWarning` that says how many and in which particle, instead of
+stopping. They keep their place in the particle's mechanics: the finite-element
+body is the particle's mask (NaN pixels included; with ``mask=None``, the finite
+pixels with enclosed holes filled), and X is interpolated there (biharmonic
+inpainting, clipped to [0, 1]) for the forward model only, so a NaN speck is not
+a traction-free hole. An error is raised only when too few pixels remain.
+
 References
 ----------
 .. [1] H. D. Deng et al., "Correlative image learning of chemo-mechanics in
@@ -57,16 +66,18 @@ import numpy as np
 import xarray as xr
 from numpy.polynomial import legendre as _leg
 from numpy.typing import ArrayLike
-from scipy import optimize, spatial
+from scipy import ndimage, optimize, spatial
 
 from . import _validate, elasticity
 from . import strain as strain_module
 
 __all__ = [
+    "DataWarning",
     "EigenstrainModel",
     "fit_eigenstrain",
     "legendre_basis",
     "naive_regression",
+    "learn_stacks",
     "reference_strain",
     "residual_rms",
     "simex",
@@ -82,6 +93,14 @@ BLOCK_PX = 8
 SUMMARY_X = (0.25, 0.5, 0.75)
 _COMPONENTS = ("aa", "cc")
 _STRAIN_VARS = ("exx", "eyy", "exy")
+
+
+class DataWarning(UserWarning):
+    """Pixels inside a particle were left out because the strain or X there is not finite.
+
+    The message names the particle and says how many pixels were dropped; see
+    the module docstring for what happens to them.
+    """
 
 
 # --- basis ---------------------------------------------------------------------------
@@ -138,6 +157,8 @@ class _Particle:
     A: np.ndarray  # (3, n, 2, degree) responses to phi_k along aa and cc
     blocks: np.ndarray  # (n,) spatial block id
     fwd: object = None  # the _Forward that made A
+    keep: np.ndarray | None = None  # (n_body,) which body pixels (fwd order) are fitted; None: all
+    body_X: np.ndarray | None = None  # (n_body,) X on the whole body (interpolated where not finite)
 
 
 def _as_list(obj, kind) -> list:
@@ -182,26 +203,74 @@ def _check_grid(strain: xr.Dataset, X: xr.DataArray, *, sname: str, xname: str) 
     _pixel_aspect_ok(X, xname)
 
 
-def _resolve_mask(strain: xr.Dataset | None, X: xr.DataArray, mask, *, xname: str, mname: str) -> np.ndarray:
+def _particle_name(*objs, default: str) -> str:
+    for o in objs:
+        name = str(getattr(o, "attrs", {}).get("particle", "") or "")
+        if name:
+            return name
+    return default
+
+
+def _resolve_mask(strain: xr.Dataset | None, X: xr.DataArray, mask, *, xname: str, mname: str,
+                  particle: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The particle's body (FEM mesh) and the pixels with finite data to fit inside it.
+
+    With `mask` the body is the mask; without, the finite pixels with enclosed
+    holes filled. Body pixels whose strain or X is not finite are left out of
+    the fit with a :class:`DataWarning`.
+    """
     xv = _validate.array(X, name=xname, ndim=2, dtype_kind="fiu", any_finite=True).astype(float)
     finite = np.isfinite(xv)
     if strain is not None:
         for v in _STRAIN_VARS:
             finite &= np.isfinite(np.asarray(strain[v].values, dtype=float))
+    who = f" ({particle})" if particle else ""
     if mask is None:
-        m = finite
+        body = ndimage.binary_fill_holes(finite)
+        _, n_pieces = ndimage.label(body)
+        if n_pieces > 1:
+            raise ValueError(
+                f"the finite pixels of {xname}{who} form {n_pieces} pieces, but the finite-element model needs one "
+                "edge-connected particle; pass mask= the particle's outline (NaN pixels inside it are then left "
+                "out of the fit but kept in the mechanics), or its largest piece "
+                "(chemomech.geometry.largest_component)")
     else:
-        m = _validate.mask(mask, name=mname, shape=xv.shape)
-        if np.any(m & ~finite):
-            raise ValueError(f"{mname} selects {int(np.sum(m & ~finite))} pixels where the strain or "
-                             f"{xname} is NaN; pass mask=... & finite, or fill the gaps")
-    _validate.mask(m, name=mname, min_count=1)
-    vals = xv[m]
+        body = _validate.mask(mask, name=mname, shape=xv.shape)
+    fit = body & finite
+    n_body, n_fit = int(body.sum()), int(fit.sum())
+    if n_body and not n_fit:
+        raise ValueError(f"{mname}{who}: all {n_body} pixels have a non-finite strain or {xname} (NaN or inf); "
+                         "there is nothing to fit")
+    _validate.mask(body, name=mname, min_count=1)
+    if n_fit < n_body:
+        import warnings
+
+        warnings.warn(f"{mname}{who}: {n_body - n_fit} of {n_body} pixels have a non-finite strain or {xname} "
+                      f"(NaN or inf); they are left out of the fit ({n_fit} pixels remain) but stay part of the "
+                      "particle's mechanics, with X interpolated there", DataWarning, stacklevel=3)
+    vals = xv[fit]
     if np.any(vals < 0.0) or np.any(vals > 1.0):
         raise ValueError(f"{xname} must lie in [0, 1] inside the mask; got values in "
                          f"[{vals.min():.3g}, {vals.max():.3g}]. Clip a noisy estimate with "
                          f"{xname}.clip(0, 1) or mask the offending pixels")
-    return m
+    return body, fit
+
+
+def _filled(values: np.ndarray, body: np.ndarray, *, clip: tuple[float, float] | None = None) -> np.ndarray:
+    """`values` (2-D) with its non-finite pixels inside `body` inpainted (biharmonic); a copy."""
+    v = np.asarray(values, dtype=float)
+    bad = body & ~np.isfinite(v)
+    if not bad.any():
+        return v.copy()
+    from skimage.restoration import inpaint_biharmonic
+
+    known = np.isfinite(v)
+    # every non-finite pixel first takes its nearest finite value, so the inpainting sees finite surroundings
+    idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
+    out = inpaint_biharmonic(v[tuple(idx)], bad)
+    if clip is not None:
+        out = np.clip(out, *clip)
+    return np.where(bad, out, v)
 
 
 def _block_ids(rows: np.ndarray, cols: np.ndarray, block_px: int) -> np.ndarray:
@@ -306,20 +375,41 @@ def _prepare(strains, Xs, masks, *, stiffness, boundary, upsample, degree_max, n
         xname = "X" if len(strains) == 1 else f"X[{i}]"
         mname = "mask" if len(strains) == 1 else f"mask[{i}]"
         _check_grid(s, x, sname=sname, xname=xname)
-        mk = _resolve_mask(s, x, m, xname=xname, mname=mname)
-        rows, cols = np.nonzero(mk)
-        meas = np.stack([np.asarray(s[v].values, dtype=float)[rows, cols] for v in _STRAIN_VARS])
-        xv = np.asarray(x.values, dtype=float)[rows, cols]
-        try:
-            fwd = _Forward(mk, stiffness=stiffness, boundary=boundary, upsample=upsample, measured=meas)
-        except ValueError as err:
-            if "edge-connected" in str(err):
-                raise ValueError(f"{mname}: {err}") from err
-            raise
-        A = fwd.basis_responses(xv, degree_max)
-        y = meas - fwd.boundary_response()
-        out.append(_Particle(names[i], mk, rows, cols, xv, y, A, _block_ids(rows, cols, block_px), fwd))
+        if isinstance(m, tuple):  # resolved already (body, fit) by the caller, which warned
+            body, fit = m
+        else:
+            body, fit = _resolve_mask(s, x, m, xname=xname, mname=mname, particle=names[i])
+        part = _particle_data(s, x, body, fit, stiffness=stiffness, boundary=boundary, upsample=upsample,
+                              mname=mname, name=names[i])
+        fwd, keep, xb, meas = part
+        A = fwd.basis_responses(xb, degree_max)[:, keep]
+        y = (meas - fwd.boundary_response())[:, keep]
+        rows, cols = fwd.rows[keep], fwd.cols[keep]
+        out.append(_Particle(names[i], body, rows, cols, xb[keep], y, A, _block_ids(rows, cols, block_px), fwd,
+                             keep=keep, body_X=xb))
     return out
+
+
+def _particle_data(s, x, body, fit, *, stiffness, boundary, upsample, mname, name):
+    """Forward model on the body, the fitted pixels among its pixels, X and strain on the body (filled)."""
+    rows, cols = np.nonzero(body)
+    keep = fit[rows, cols]
+    xb = _filled(x.values, body, clip=(0.0, 1.0))[rows, cols]
+    if s is None:
+        meas = None
+    elif keep.all() or boundary != "dirichlet":
+        meas = np.stack([np.asarray(s[v].values, dtype=float)[rows, cols] for v in _STRAIN_VARS])
+    else:  # the boundary displacement is integrated from the strain over the whole body: fill the gaps
+        meas = np.stack([_filled(s[v].values, body)[rows, cols] for v in _STRAIN_VARS])
+    try:
+        fwd = _Forward(body, stiffness=stiffness, boundary=boundary, upsample=upsample,
+                       measured=meas if boundary == "dirichlet" else None)
+    except ValueError as err:
+        if "edge-connected" in str(err):
+            who = f" ({name})" if name else ""
+            raise ValueError(f"{mname}{who}: {err}") from err
+        raise
+    return fwd, keep, xb, meas
 
 
 # --- least squares on block normal equations --------------------------------------------
@@ -668,7 +758,10 @@ class EigenstrainModel:
         X : xarray.DataArray
             Li fraction on ``("y", "x")`` (square pixels), in [0, 1] inside `mask`.
         mask : array_like of bool, optional
-            Particle pixels (one edge-connected piece); default: finite X (and strain).
+            Particle pixels (one edge-connected piece); default: finite X (and
+            strain), enclosed holes filled. Pixels of the mask where X (or the
+            strain) is not finite stay part of the particle, with X interpolated,
+            and are reported as NaN (with a :class:`DataWarning`).
         strain : xarray.Dataset, optional
             Measured strain on the same grid; required with ``boundary="dirichlet"``
             (it gives the boundary displacement), ignored otherwise.
@@ -676,8 +769,9 @@ class EigenstrainModel:
         Returns
         -------
         xarray.Dataset
-            ``exx``, ``eyy``, ``exy`` (NaN outside `mask`) and ``mask``. With free edges
-            the unknown reference offset is zero: compare with :meth:`residual`.
+            ``exx``, ``eyy``, ``exy`` (NaN outside `mask` and where the data are not
+            finite) and ``mask`` (the pixels reported). With free edges the unknown
+            reference offset is zero: compare with :meth:`residual`.
         """
         _validate.dims(X, ("y", "x"), name="X")
         if self.boundary == "dirichlet" and strain is None:
@@ -687,20 +781,17 @@ class EigenstrainModel:
             _check_grid(strain, X, sname="strain", xname="X")
         else:
             _pixel_aspect_ok(X, "X")
-        m = _resolve_mask(strain, X, mask, xname="X", mname="mask")
-        _check_pixels(int(m.sum()), 3 if self.boundary == "free" else 0, "mask")
-        rows, cols = np.nonzero(m)
-        meas = None
-        if strain is not None:
-            meas = np.stack([np.asarray(strain[v].values, dtype=float)[rows, cols] for v in _STRAIN_VARS])
-        fwd = _Forward(m, stiffness=self.stiffness, boundary=self.boundary, upsample=self.upsample,
-                       measured=meas if self.boundary == "dirichlet" else None)
-        xv = np.asarray(X.values, dtype=float)[rows, cols]
-        e = self.eigenstrain(xv)
-        e0 = np.zeros((3, rows.size))
+        name = _particle_name(strain, X, default="")
+        body, fit = _resolve_mask(strain, X, mask, xname="X", mname="mask", particle=name)
+        _check_pixels(int(fit.sum()), 3 if self.boundary == "free" else 0, "mask")
+        fwd, keep, xb, _ = _particle_data(strain, X, body, fit, stiffness=self.stiffness, boundary=self.boundary,
+                                          upsample=self.upsample, mname="mask", name=name)
+        e = self.eigenstrain(xb)
+        e0 = np.zeros((3, xb.size))
         e0[0], e0[1] = e[:, 0], e[:, 1]
         pred = fwd.response(e0, with_boundary=True)
-        return _strain_dataset(pred, m, rows, cols, X, "predicted strain")
+        # reported where X (and the strain) were measured; elsewhere the body's X was interpolated
+        return _strain_dataset(pred[:, keep], fit, fwd.rows[keep], fwd.cols[keep], X, "predicted strain")
 
     def residual(self, strain: xr.Dataset, X: xr.DataArray, mask: ArrayLike | None = None) -> xr.Dataset:
         """Measured minus predicted strain, with the reference offsets fitted (free edges).
@@ -829,7 +920,12 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     X : xarray.DataArray or sequence of DataArray
         Li fraction on the same grid(s), in [0, 1] inside the mask.
     mask : array_like of bool or sequence, optional
-        Particle pixels (one edge-connected piece each); default: finite in both.
+        Particle pixels (one edge-connected piece each); default: finite in
+        both, enclosed holes filled. Pixels of a mask whose strain or X is not
+        finite (lost frames, a failed X region) are left out of the fit with a
+        :class:`DataWarning` giving their number and the particle, and stay in
+        the finite-element body with X interpolated there; a ``ValueError`` is
+        raised only when too few pixels remain.
     degree : int, optional
         Polynomial degree; ``None`` selects it in ``1 .. max_degree`` by
         cross-validation (leave-one-particle-out with ≥ 3 particles, otherwise
@@ -932,6 +1028,12 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     _validate.rng(rng)  # type check before any FEM work
     strains = _as_list(strain, xr.Dataset)
     Xs = _as_list(X, xr.DataArray)
+    for i, s in enumerate(strains):
+        angle = s.attrs.get("crystal_angle_rad")
+        if angle is not None and abs(float(angle)) > 1e-9:
+            raise ValueError(f"strain{'' if len(strains) == 1 else f'[{i}]'} lies on a grid turned by "
+                             f"crystal_angle_rad = {float(angle):.4g} rad from the crystal; the model needs the grid's "
+                             "x axis along a: resample it with chemomech.correlate.align_to_crystal first")
     if len(Xs) != len(strains):
         raise ValueError(f"X must give one map per strain Dataset: got {len(Xs)} X maps and "
                          f"{len(strains)} strain Datasets")
@@ -945,17 +1047,20 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                                                                              shape=(3, 3), finite=True)
     dmax = int(degree if degree is not None else max_degree)
     n_off = 3 if boundary == "free" else 0
-    # cheap size check before any FEM work
+    names = [_particle_name(s, x, default=f"particle {i}") for i, (s, x) in enumerate(zip(strains, Xs))]
+    if len(set(names)) < len(names):
+        names = [f"{n} [{i}]" for i, n in enumerate(names)]
+    # cheap size check before any FEM work (and the one warning per particle about non-finite pixels)
+    resolved = []
     for i, (s, x, m) in enumerate(zip(strains, Xs, masks)):
         nm = "mask" if len(strains) == 1 else f"mask[{i}]"
         _check_grid(s, x, sname="strain" if len(strains) == 1 else f"strain[{i}]",
                     xname="X" if len(strains) == 1 else f"X[{i}]")
-        mk = _resolve_mask(s, x, m, xname="X" if len(strains) == 1 else f"X[{i}]", mname=nm)
-        _check_pixels(int(mk.sum()), n_off + (2 * dmax if len(strains) == 1 else 0), nm)
-    names = [str(s.attrs.get("particle", "")) or f"particle {i}" for i, s in enumerate(strains)]
-    if len(set(names)) < len(names):
-        names = [f"{n} [{i}]" for i, n in enumerate(names)]
-    parts = _prepare(strains, Xs, masks, stiffness=q, boundary=boundary, upsample=int(upsample),
+        body, fit_px = _resolve_mask(s, x, m, xname="X" if len(strains) == 1 else f"X[{i}]", mname=nm,
+                                     particle=names[i])
+        _check_pixels(int(fit_px.sum()), n_off + (2 * dmax if len(strains) == 1 else 0), nm)
+        resolved.append((body, fit_px))
+    parts = _prepare(strains, Xs, resolved, stiffness=q, boundary=boundary, upsample=int(upsample),
                      degree_max=dmax, names=names, block_px=int(block_px), progress=progress)
     total = sum(p.X.size for p in parts)
     _check_pixels(total, 2 * dmax + n_off * len(parts), "mask (all particles)")
@@ -1076,8 +1181,13 @@ def _simex_fit(parts, err0, coefs0, *, sigma, lambdas, n_sim, rng, n_off, block_
             sim = []
             for p in parts:
                 xs = p.X + np.sqrt(lv) * sigma * rng.standard_normal(p.X.size)
-                A = p.fwd.basis_responses(xs, dmax)
-                sim.append(_Particle(p.name, p.mask, p.rows, p.cols, xs, p.y, A, p.blocks, p.fwd))
+                if p.keep is None or p.keep.all():
+                    A = p.fwd.basis_responses(xs, dmax)
+                else:  # interpolated body pixels carry no measurement noise: only the measured ones get more
+                    xb = p.body_X.copy()
+                    xb[p.keep] = xs
+                    A = p.fwd.basis_responses(xb, dmax)[:, p.keep]
+                sim.append(dataclasses.replace(p, X=xs, A=A))
             nm = _normal_blocks(sim, n_off=n_off)
             e = cv_errors(sim, nm)
             e_acc = e_acc + (0.0 if e is None else e)
@@ -1138,10 +1248,22 @@ def _pooled_pixels(strain, X, mask) -> tuple[np.ndarray, np.ndarray]:
         _check_grid(s, x, sname="strain", xname="X")
         xv = _validate.array(x, name="X", ndim=2, dtype_kind="fiu", any_finite=True).astype(float)
         ok = np.isfinite(xv) & np.isfinite(s["exx"].values) & np.isfinite(s["eyy"].values)
+        mname = "mask" if len(strains) == 1 else f"mask[{i}]"
         if m is not None:
-            mk = _validate.mask(m, name="mask", shape=xv.shape)
+            mk = _validate.mask(m, name=mname, shape=xv.shape)
+            n_in, n_ok = int(mk.sum()), int((ok & mk).sum())
+            who = _particle_name(s, x, default="")
+            who = f" ({who})" if who else ""
+            if n_in and not n_ok:
+                raise ValueError(f"{mname}{who}: all {n_in} pixels have a non-finite exx, eyy or X (NaN or inf); "
+                                 "there is nothing to fit")
+            if n_ok < n_in:
+                import warnings
+
+                warnings.warn(f"{mname}{who}: {n_in - n_ok} of {n_in} pixels have a non-finite exx, eyy or X "
+                              f"(NaN or inf) and are left out ({n_ok} pixels remain)", DataWarning, stacklevel=3)
             ok &= mk
-        _validate.mask(ok, name="mask", min_count=3)
+        _validate.mask(ok, name=mname, min_count=3)
         es.append(np.stack([s["exx"].values[ok], s["eyy"].values[ok]]).astype(float))
         xs.append(xv[ok])
     return np.concatenate(es, axis=1), np.concatenate(xs)
@@ -1179,6 +1301,8 @@ def naive_regression(strain, X, *, mask=None) -> xr.Dataset:
     X : xarray.DataArray or sequence
         Li fraction on the same grid(s); noisy values outside [0, 1] are allowed.
     mask : array_like of bool or sequence, optional
+        Pixels to use; default: where exx, eyy and X are finite. Non-finite
+        pixels inside a mask are left out with a :class:`DataWarning` (how many, which particle).
 
     Returns
     -------
@@ -1289,3 +1413,60 @@ def _extrapolate(lam: np.ndarray, y: np.ndarray, extrapolant: str, at: np.ndarra
 
 
 # --- measurement simulator for the digital twin (not analysis code) -------------------------
+
+
+#: Li fraction at which :func:`learn_stacks` reports the slope, and the range of its mean slope.
+LEARN_SLOPE_X = 0.5
+LEARN_MEAN_RANGE = (0.2, 0.8)
+
+
+def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
+    """Learn the law from correlated stacks as ``python -m chemomech learn`` does.
+
+    Each stack is turned onto a grid aligned with the crystal
+    (:func:`chemomech.correlate.align_to_crystal`), the strain is re-referenced
+    to FePO4 and the law fitted with a cross-validated degree, SIMEX when the
+    stacks carry ``X_sigma``, and bootstrap intervals
+    (``fit_eigenstrain(..., reference="fepo4")``).
+
+    Parameters
+    ----------
+    stacks : list of xarray.Dataset
+        Correlated stacks (:func:`chemomech.io.read_stacks`), strain components in the
+        crystal frame, ``attrs["crystal_angle_rad"]`` giving the grid's angle.
+    max_degree, n_boot, seed
+        Highest degree tried, bootstrap replicates, seed of folds and bootstrap.
+
+    Returns
+    -------
+    model : EigenstrainModel
+    aligned : list of xarray.Dataset
+        The stacks on their crystal-aligned grids.
+    summary : dict
+        ``slopes`` (d eps0/dX at X = 0.5), ``slope_interval`` (95 %), ``mean_slope``
+        (mean over X in [0.2, 0.8]), ``degree``, ``pixels``, ``sigma_X``, ``particles``,
+        ``reference_strain``, ``crystal_angle_rad``.
+    """
+    from . import correlate
+
+    aligned = [correlate.align_to_crystal(s) for s in stacks]
+    sig = np.concatenate([s["X_sigma"].values[s["mask"].values] for s in aligned])
+    sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
+    model = fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
+                            mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
+                            max_degree=max_degree, n_boot=n_boot, rng=seed)
+    lo, hi = model.interval([LEARN_SLOPE_X])
+    slope = model.derivative([LEARN_SLOPE_X])[0]
+    mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
+    comps = ("aa", "cc")
+    summary = {
+        "slopes": {c: float(v) for c, v in zip(comps, slope)},
+        "slope_interval": {c: [float(lo[0][i]), float(hi[0][i])] for i, c in enumerate(comps)},
+        "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
+        "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
+        "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
+        "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
+        "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
+        "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
+    }
+    return model, aligned, summary

@@ -449,13 +449,21 @@ class StudyResult:
     seconds: dict
 
 
-def _stage_iter(items, desc: str, progress: bool):
-    """`items`, wrapped in a tqdm bar named `desc` when `progress`."""
-    if not progress:
-        return items
-    from tqdm.auto import tqdm
+#: The step being run: ``{"stage": progress-bar label, "item": particle (or other item)}``, both None between
+#: stages. Set by every stage loop so that a failure can be reported with where it happened (the CLI does).
+current_step: dict = {"stage": None, "item": None}
 
-    return tqdm(items, desc=desc, unit="step", leave=True)
+
+def _stage_iter(items, desc: str, progress: bool):
+    """`items`, wrapped in a tqdm bar named `desc` when `progress`; records the step in :data:`current_step`."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, desc=desc, unit="step", leave=True)
+    for item in items:
+        current_step.update(stage=desc, item=item)
+        yield item
+    current_step.update(stage=None, item=None)
 
 def _simulate_all(config: StudyConfig, progress: bool) -> dict:
     """The three measurement stages for every particle, stage by stage (one progress bar each)."""

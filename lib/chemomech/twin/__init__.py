@@ -11,37 +11,15 @@ the analysis is always tested against code that it did not shape.
 - :mod:`chemomech.twin.stem4d` — 4D-STEM nanobeam datacubes of a particle;
 - :mod:`chemomech.twin.ptycho` — Fe L-edge spectro-ptychography energy stacks;
 - :mod:`chemomech.twin.pair` — image pairs with a known geometric relation;
-- :mod:`chemomech.twin.noise` — noisy (strain, X) measurements straight from the truth.
+- :mod:`chemomech.twin.noise` — noisy (strain, X) measurements straight from the truth;
+- :mod:`chemomech.twin.published` — stand-ins for the correlated stacks Deng et al. published;
+- :mod:`chemomech.twin.cbed` — the multislice (abTEM) library of Bragg-disk contents over
+  thickness and tilt, computed by ``data/make_cbed_library.py``.
 """
 
 from __future__ import annotations
 
-from . import noise, pair, particle, ptycho, stem4d
-from .particle import (
-    BATCHES,
-    Defect,
-    EigenstrainLaw,
-    Particle,
-    make_particle,
-    mesh_convergence,
-    nonlinear_law,
-    particle_set,
-    vegard_law,
-)
+from . import cbed, noise, pair, particle, ptycho, published, stem4d
+from .particle import *  # noqa: F403  (make_particle, particle_set, Particle, laws, ...)
 
-__all__ = [
-    "BATCHES",
-    "Defect",
-    "EigenstrainLaw",
-    "Particle",
-    "make_particle",
-    "mesh_convergence",
-    "noise",
-    "nonlinear_law",
-    "pair",
-    "particle",
-    "particle_set",
-    "ptycho",
-    "stem4d",
-    "vegard_law",
-]
+__all__ = [*particle.__all__, "cbed", "noise", "pair", "particle", "ptycho", "published", "stem4d"]
