@@ -1,14 +1,18 @@
 """Imperfect data (issue 18, registration part): NaN regions, NaN frames, specks, dust; no foreign exceptions.
 
-Each flaw is added to one idealised pair with a known truth; the registration must give the answer of the
-clean pair to within 10 % of its TRE (+0.02 px: the optimiser stops at steps of ~1e-4 scaled units, so two
-clean runs with slightly different inputs differ by about that much).
+Each flaw is added to one idealised pair with a known truth. The flawed pair must give the TRE of a control
+pair to within 10 % (+0.02 px: the optimiser stops at steps of ~1e-4 scaled units; 1e-3 relative noise on
+the clean pair moved its TRE by up to 0.012 px). For specks and dust the control is the clean pair; for NaN
+and inf pixels it is the pair with the *same pixels* replaced by their nearest valid neighbour's value — the
+same information removed, without NaN — because the answer may move as much as the lost pixels warrant, not
+more (removing two background columns moves this pair's TRE from 0.10 to 0.15 px, NaN or not).
 """
 
 import warnings
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from chemomech import twin
 from chemomech.registration import RegistrationError, particle_mask, register
@@ -21,6 +25,11 @@ def pair():
                                                     shift_nm=(20.0, -15.0), rng=3)
     pts = np.argwhere(particle_mask(fixed.values)).astype(float)
     return fixed.values, moving.values, truth, pts
+
+
+def _nearest_valid(arr, bad):
+    idx = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+    return arr[tuple(idx)]
 
 
 def _tre(pair, fixed, moving):
@@ -57,7 +66,12 @@ def _flawed(kind, fixed, moving):
 @pytest.mark.parametrize("kind", ["nan_region_in_particle", "nan_frame", "specks", "dust_blob", "inf_pixels"])
 def test_flaw_changes_answer_no_more_than_warranted(pair, clean_tre, kind):
     f, m = _flawed(kind, pair[0], pair[1])
-    assert _tre(pair, f, m) <= 1.1 * clean_tre + 0.02, kind
+    bad_f, bad_m = ~np.isfinite(f), ~np.isfinite(m)
+    if bad_f.any() or bad_m.any():  # control: the same pixels lost, filled from valid neighbours
+        control = _tre(pair, _nearest_valid(f, bad_f), _nearest_valid(m, bad_m))
+    else:
+        control = clean_tre
+    assert _tre(pair, f, m) <= 1.1 * control + 0.02, (kind, control)
 
 
 def test_no_foreign_exception_for_masks_that_miss_everything(pair):
