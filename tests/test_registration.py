@@ -100,6 +100,64 @@ def test_acceptance_ten_seeded_cases():
     assert table.dice.min() >= 0.95, table  # measured 0.984
 
 
+@pytest.mark.slow
+def test_acceptance_idealised_pairs_still_pass():
+    """Issue 15: today's idealised pairs keep a mean TRE <= 0.3 px (measured 0.28 px before the change)."""
+    table = evaluate.tre_trials(10)
+    assert table.tre_mean_px.mean() <= 0.3, table  # measured 0.236 px after the change
+
+
+@pytest.fixture(scope="module")
+def realistic_table():
+    return evaluate.tre_trials(20, realistic=True)
+
+
+@pytest.mark.slow
+def test_acceptance_realistic_pairs_no_raise_and_true_mask_dice(realistic_table):
+    """Issue 15 acceptance on 20 seeded real-looking pairs: none raises; the true particle masks overlap.
+
+    Dice of the *true* masks under the estimate (the registration's error, not the masks').
+    """
+    table = realistic_table
+    assert (table.error == "").all(), table.error
+    assert table.dice_truth.min() >= 0.95, table  # measured 0.966
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="not reached: mean TRE 1.39 px, worst pair 4.61 px, min Dice of the "
+                   "estimated masks 0.949 on 20 real-looking pairs; see the branch report")
+def test_acceptance_realistic_pairs_tre(realistic_table):
+    """Issue 15 acceptance: mean TRE <= 0.4 px, worst pair's mean TRE <= 0.8 px, Dice >= 0.95 on every pair."""
+    table = realistic_table
+    assert table.tre_mean_px.mean() <= 0.4 and table.tre_mean_px.max() <= 0.8, table
+    assert table.dice.min() >= 0.95, table
+
+
+def test_realistic_dark_field_mask_is_the_particle_not_a_blob():
+    """The failure of the old two-class Otsu mask on an inverted dark-field image, and the new mask."""
+    p = twin.make_particle("blobs", batch="biphasic", seed=101)
+    _, moving, truth = twin.pair.simulate_realistic_pair(p, rotation_rad=0.7, rng=1)
+    img = moving.values
+    old = registration.particle_mask(img, method="otsu")  # the earlier two-class rule
+    assert registration.dice(old, truth.moving_mask) < 0.5  # it returns the dark blobs, not the particle
+    new = registration.particle_mask(img)
+    # the true mask is pixel centres inside the outline; a 1-px band around ~300 rim px is ~3 % of the area
+    assert registration.dice(new, truth.moving_mask) >= 0.95
+
+
+def test_realistic_pair_registers_without_error():
+    p = twin.make_particle("real", batch="li_poor", seed=105)
+    fixed, moving, truth = twin.pair.simulate_realistic_pair(p, rotation_rad=-2.0, scale=1.1, shear=0.03,
+                                                              mirror=True, rng=4)
+    r = register(fixed.values, moving.values)
+    assert r.metrics["mirrored"] is True
+    assert registration.dice(truth.fixed_mask, r.warp(truth.moving_mask)) >= 0.95
+    pts = np.argwhere(truth.fixed_mask).astype(float)
+    # not the issue's 0.4 px (not reached, see test_acceptance_realistic_pairs_tre): 3 px rules out a wrong
+    # orientation or mirror (those give tens of px)
+    assert truth.target_registration_error(r.map_points(pts), pts).mean() < 3.0
+
+
 def test_particle_mask_polarity():
     img = np.zeros((30, 44))
     img[8:20, 10:30] = 1.0

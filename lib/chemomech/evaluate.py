@@ -124,14 +124,17 @@ def registration_tre(estimate: registration.Registration, truth: registration.Re
     return np.hypot(*(back - pts).T)
 
 
-def tre_trials(n_cases: int = 10, *, seed: int = 1000, **register_options) -> pd.DataFrame:
+def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, **register_options) -> pd.DataFrame:
     """Register ``n_cases`` random simulated pairs and tabulate the target registration error.
 
-    Registers pairs from :func:`chemomech.twin.pair.simulate_pair` with
+    Registers pairs from :func:`chemomech.twin.pair.simulate_pair` (idealised) or
+    :func:`chemomech.twin.pair.simulate_realistic_pair` (``realistic=True``: dark-field
+    diffraction texture, holes, film, neighbour, X-ray blur; any scan rotation) with
     :func:`chemomech.registration.register` (the registration code never sees
     the simulator). Case ``k`` uses a twin particle of seed ``100 + k`` (batches in
     turn), the geometry :func:`chemomech.twin.pair.random_pair_parameters` ``(seed + k)`` and noise
-    seed ``k``. The TRE is evaluated at every pixel of the fixed particle mask.
+    seed ``k``. The TRE is evaluated at every pixel of the fixed particle mask
+    (for realistic pairs the *true* mask, so that a wrong mask cannot hide errors).
 
     Parameters
     ----------
@@ -139,6 +142,8 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, **register_options) -> pd
         Number of seeded cases.
     seed : int
         Seed of the first case's geometry.
+    realistic : bool
+        Real-looking pairs instead of idealised ones.
     **register_options
         Passed to :func:`chemomech.registration.register`.
 
@@ -146,24 +151,42 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, **register_options) -> pd
     -------
     pandas.DataFrame
         One row per case: ``contrast, mirror, rotation_deg, scale, shear,
-        tre_mean_px, tre_max_px, dice, seconds``.
+        tre_mean_px, tre_max_px, dice, seconds``; realistic pairs add
+        ``dice_truth`` (Dice of the true masks under the estimate) and ``error``
+        (the message of a :class:`~chemomech.registration.RegistrationError`, else "").
     """
     rows = []
     for k in range(int(n_cases)):
         p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
-        par = pair.random_pair_parameters(seed + k)
-        fixed, moving, truth = pair.simulate_pair(p, **par, rng=k)
+        if realistic:
+            par = pair.random_pair_parameters(seed + k, max_rotation_rad=np.pi)
+            par["contrast"] = "dark_field_inverted"
+            fixed, moving, truth = pair.simulate_realistic_pair(
+                p, **{k_: v for k_, v in par.items() if k_ != "contrast"}, rng=k)
+        else:
+            par = pair.random_pair_parameters(seed + k)
+            fixed, moving, truth = pair.simulate_pair(p, **par, rng=k)
+        row = {"contrast": par["contrast"], "mirror": par["mirror"], "rotation_deg": np.degrees(par["rotation_rad"]),
+               "scale": par["scale"], "shear": par["shear"]}
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", registration.RegistrationWarning)
-            reg = registration.register(fixed.values, moving.values, **register_options)
+            try:
+                reg = registration.register(fixed.values, moving.values, **register_options)
+            except registration.RegistrationError as err:
+                if not realistic:
+                    raise
+                rows.append({**row, "tre_mean_px": np.nan, "tre_max_px": np.nan, "dice": np.nan,
+                             "seconds": time.perf_counter() - t0, "dice_truth": np.nan, "error": str(err)})
+                continue
         dt = time.perf_counter() - t0
-        pts = np.argwhere(reg.fixed_mask).astype(float)
+        pts = np.argwhere(truth.fixed_mask if realistic else reg.fixed_mask).astype(float)
         tre = truth.target_registration_error(reg.map_points(pts), pts)
-        rows.append({"contrast": par["contrast"], "mirror": par["mirror"],
-                     "rotation_deg": np.degrees(par["rotation_rad"]), "scale": par["scale"], "shear": par["shear"],
-                     "tre_mean_px": float(tre.mean()), "tre_max_px": float(tre.max()),
-                     "dice": reg.metrics["dice"], "seconds": dt})
+        row.update({"tre_mean_px": float(tre.mean()), "tre_max_px": float(tre.max()), "dice": reg.metrics["dice"],
+                    "seconds": dt})
+        if realistic:
+            row.update({"dice_truth": registration.dice(truth.fixed_mask, reg.warp(truth.moving_mask)), "error": ""})
+        rows.append(row)
     return pd.DataFrame(rows).rename_axis("case")
 
 

@@ -7,8 +7,11 @@ and non-linear in thickness, on another pixel size and field of view, possibly
 mirrored. :func:`register` finds the affine map from fixed to moving pixel
 positions in four steps:
 
-1. particle masks (given, or :func:`particle_mask`: Otsu on a smoothed image,
-   polarity chosen so that the image border is background);
+1. particle masks (given, or :func:`particle_mask`: the background modelled
+   from the image border, candidate foregrounds on either side of it at
+   several thresholds, closed, hole-filled and scored for plausibility — real
+   images have three or more levels: background, film, textured particle,
+   diffraction blobs);
 2. moments-based initialisation: the affine ``A = S_m R S_f^-1`` that maps the
    centroid and second moments of one mask onto the other, where ``S`` is the
    square root of a mask's covariance and ``R`` any orthogonal matrix — the
@@ -17,7 +20,17 @@ positions in four steps:
    scored by Mattes mutual information (MI); the best few are refined with a
    coarse similarity registration and the best final MI wins;
 4. multi-resolution refinement, similarity then affine, with SimpleITK's
-   Mattes MI metric sampled inside the (dilated) fixed particle mask.
+   Mattes MI metric sampled inside the (dilated) fixed particle mask, on
+   *content shared by both modalities*: with automatic masks each image is
+   mapped from background (0) to particle level (1) and clipped, so that
+   diffraction contrast (brighter than the particle in dark field) saturates
+   while edges, thin patches and holes — thickness contrast both modalities
+   see — remain; with both masks given, on the images themselves.
+
+Isolated outlier pixels (dust, hot pixels) and NaN/inf pixels are treated as
+missing and left out of the metric. If the final Dice of the masks is low, other
+mask candidates are tried; the best is returned with a warning, and
+:class:`RegistrationError` is raised only when no pair reaches ``min_dice``.
 
 SimpleITK works in ``(x, y) = (col, row)`` order; every conversion happens in
 this module, and the public results are in ``(row, col)`` order.
@@ -54,7 +67,11 @@ _MAX_STEP_PX = 1.0
 _DISTINCT_PX = 2.0  # two solutions further apart than this (moving px) are different hypotheses
 _RELAX = 0.9  # step shrink factor at each direction change of the gradient
 _MIN_STEP = 1e-4  # convergence: step length (scaled parameter units, ~px at the particle rim)
-_OPTIONS = ("smooth_px", "mirror", "n_angles", "bins", "sampling", "iterations", "min_dice", "seed", "n_refine")
+_OPTIONS = ("smooth_px", "mirror", "n_angles", "bins", "sampling", "iterations", "min_dice", "seed", "n_refine",
+            "content")
+_LEVEL_PCT = 10.0  # percentile of the particle that sets the clipped content level (see _content)
+_AREA_RATIO = (0.4, 2.5)  # plausible physical-area ratio of the two masks (scale 0.8-1.25 and shear, with margin)
+_MAX_ATTEMPTS = 4  # mask pairs tried before giving up
 
 
 class RegistrationError(RuntimeError):
@@ -119,6 +136,7 @@ def _image(image: object, name: str) -> np.ndarray:
     if isinstance(image, xr.DataArray) and image.ndim == 2:
         _validate.dims(image, ("y", "x"), name=name)
     arr = _validate.array(image, name=name, ndim=2, dtype_kind="biuf", any_finite=True).astype(float)
+    arr[np.isinf(arr)] = np.nan  # +-inf (e.g. log of 0) is missing data, like NaN
     if min(arr.shape) < 8:
         raise ValueError(f"{name} must be at least 8 x 8 pixels, got shape {arr.shape}")
     finite = arr[np.isfinite(arr)]
@@ -129,14 +147,120 @@ def _image(image: object, name: str) -> np.ndarray:
 
 # --- masks and metrics ------------------------------------------------------------------
 
+_MIN_FRACTION, _MAX_FRACTION = 0.02, 0.85  # plausible particle areas, fraction of the field of view
+_MIN_CONTRAST = 5.0  # particle-to-background contrast, in pixel-noise sigmas, below which nothing is a particle
+_CLOSE_PX = 2  # radius of the closing that mends speckled, broken rims
 
-def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0) -> np.ndarray:
-    """Particle mask of an image: Otsu threshold, polarity set by the image border.
 
-    The image is smoothed, thresholded with Otsu's method, and the class that
-    covers most of the border pixels is taken as background, so bright-on-dark
-    and dark-on-bright particles both work. The largest connected component is
-    kept and its holes are filled.
+def _filled(arr: np.ndarray) -> np.ndarray:
+    """NaN pixels replaced by the median of the image border (the background)."""
+    if np.isfinite(arr).all():
+        return arr
+    fill = np.nanmedian(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]))
+    return np.where(np.isfinite(arr), arr, fill if np.isfinite(fill) else np.nanmedian(arr))
+
+
+def _border(a: np.ndarray, width: int = 2) -> np.ndarray:
+    b = np.zeros(a.shape, bool)
+    b[:width], b[-width:], b[:, :width], b[:, -width:] = True, True, True, True
+    return a[b]
+
+
+def _clean(fg: np.ndarray) -> np.ndarray:
+    """Close a foreground, fill its holes and keep the most particle-like connected piece."""
+    from skimage.morphology import disk
+
+    fg = ndimage.binary_closing(fg, structure=disk(_CLOSE_PX), border_value=0) | fg
+    lab, n = ndimage.label(ndimage.binary_fill_holes(fg))
+    if n == 0:
+        return fg
+    best, best_score = None, -np.inf
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        comp = lab == i
+        s = _mask_score(comp)
+        if best is None or s > best_score:
+            best, best_score = comp, s
+    return best
+
+
+def _mask_score(m: np.ndarray) -> float:
+    """Plausibility of a particle mask: big, solid (convex-ish) and clear of the image border."""
+    from skimage.measure import regionprops
+
+    area = m.mean()
+    if not (_MIN_FRACTION <= area <= _MAX_FRACTION):
+        return -np.inf
+    props = regionprops(m.astype(np.uint8))[0]
+    border = _border(m, 1).mean()
+    return float(np.log(area) + 4.0 * np.log(props.solidity) - 10.0 * border)
+
+
+def _mask_candidates(arr: np.ndarray, sigma_px: float) -> list[tuple[float, np.ndarray, str]]:
+    """Candidate particle masks of an image, most plausible first: ``(score, mask, how)``.
+
+    Background is modelled from the image border (median and robust spread); the
+    particle is whatever differs from it, on either side, at several thresholds
+    (two- and three-class Otsu, and half-way between background and particle).
+    Each foreground is closed (speckled rims), hole-filled (blobs, holes) and its
+    most particle-like connected piece kept.
+    """
+    from skimage.filters import threshold_multiotsu, threshold_otsu
+
+    sm = _filled(arr)
+    sm = ndimage.gaussian_filter(sm, sigma_px, mode="nearest") if sigma_px > 0 else sm
+    bg = float(np.median(_border(sm)))
+    thresholds = {"otsu": threshold_otsu(sm)}
+    try:
+        t1, t2 = threshold_multiotsu(sm, classes=3)
+        thresholds.update({"otsu3-low": t1, "otsu3-high": t2})
+    except ValueError:  # too few distinct values for three classes
+        pass
+    raw = _filled(arr)
+    edge = np.concatenate([np.diff(raw[:2], axis=1).ravel(), np.diff(raw[-2:], axis=1).ravel(),
+                           np.diff(raw[:, :2], axis=0).ravel(), np.diff(raw[:, -2:], axis=0).ravel()])
+    noise = 1.4826 * np.median(np.abs(edge)) / np.sqrt(2)  # pixel noise of the background (border), robust
+    if sigma_px > 0:  # white noise after the Gaussian smoothing
+        noise /= 2.0 * np.sqrt(np.pi) * max(sigma_px, 0.5)
+    out = []
+    for how, t in thresholds.items():
+        for side in (1.0, -1.0):
+            if side * (t - bg) <= 0:  # the background must lie on the "not particle" side
+                continue
+            m = _clean(side * (sm - t) > 0)
+            # a particle stands out of the noise: its median is > _MIN_CONTRAST pixel-noise sigmas off background
+            score = _mask_score(m) if abs(np.median(sm[m]) - bg) > _MIN_CONTRAST * noise else -np.inf
+            out.append((score, m, f"{how}, {'bright' if side > 0 else 'dark'} particle"))
+    # thresholds a quarter and half-way from background to particle level: the edge of a blurred
+    # step is unbiased at half-way; a signal that falls to zero with thickness (dark field) at lower levels
+    for score, m, how in list(out):
+        if not np.isfinite(score):
+            continue
+        side = np.sign(np.median(sm[m]) - bg)
+        for frac, bonus in ((0.5, 0.05), (0.25, 0.1)):
+            mid = m
+            for it in range(3):  # iterate: the level is the median of the current mask (a blob-only start grows)
+                level = float(np.median(sm[mid]))
+                new = _clean(side * (sm - bg - frac * (level - bg)) > 0)
+                if new.sum() == mid.sum() or not new.any() or (new & m).sum() <= 0.5 * m.sum():
+                    break
+                mid = new
+                out.append((_mask_score(mid) + bonus, mid, f"{frac:g} of the way to the particle, pass {it + 1} "
+                            f"({how})"))
+    out.sort(key=lambda t: -t[0])
+    return out
+
+
+def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0, method: str = "auto") -> np.ndarray:
+    """Particle mask of an image: whatever differs from the background of the image border.
+
+    Real images have more than two levels: a vacuum or film background, a
+    textured particle, and diffraction-contrast blobs or holes. The background
+    is modelled from the image border; candidate foregrounds on either side of
+    it (two- and three-class Otsu thresholds, then the level half-way between
+    background and particle, where a blurred edge is unbiased) are closed
+    (speckled rims), hole-filled (blobs, holes) and reduced to their most
+    particle-like connected piece (large, solid, clear of the border: a
+    neighbour cut by the field of view loses). The most plausible wins.
 
     Parameters
     ----------
@@ -144,11 +268,21 @@ def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0) -> np.ndarray:
         2-D image; NaN pixels count as background.
     sigma_px : float, optional
         Gaussian smoothing before thresholding, pixels.
+    method : {"auto", "otsu"}
+        ``"auto"``: the candidates above. ``"otsu"``: the earlier rule, one
+        two-class Otsu threshold with the class covering most of the border as
+        background (kept for comparison: on dark-field images with strong
+        diffraction blobs it returns the blobs).
 
     Returns
     -------
     numpy.ndarray
         Boolean mask of the image's shape.
+
+    Raises
+    ------
+    ValueError
+        When no candidate covers a plausible 2-85 % of the image.
 
     Examples
     --------
@@ -156,22 +290,24 @@ def particle_mask(image: ArrayLike, *, sigma_px: float = 1.0) -> np.ndarray:
     >>> int(particle_mask(img, sigma_px=0).sum())
     120
     """
-    from skimage.filters import threshold_otsu
-
     arr = _image(image, "image")
     _validate.positive(sigma_px, name="sigma_px", allow_zero=True)
-    fill = np.nanmedian(np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]]))
-    arr = np.where(np.isfinite(arr), arr, fill if np.isfinite(fill) else np.nanmedian(arr))
-    sm = ndimage.gaussian_filter(arr, sigma_px) if sigma_px > 0 else arr
-    high = sm > threshold_otsu(sm)
-    border = np.concatenate([high[0], high[-1], high[:, 0], high[:, -1]])
-    mask = ~high if border.mean() > 0.5 else high
-    if not mask.any():
-        raise ValueError("image: no particle found (Otsu threshold left no foreground); pass a mask")
-    mask = ndimage.binary_fill_holes(largest_component(mask))
-    if mask.mean() > 0.9:
-        raise ValueError("image: the particle mask covers > 90 % of the image; pass a mask or a larger field of view")
-    return mask
+    _validate.choice(method, ("auto", "otsu"), name="method")
+    if method == "otsu":
+        from skimage.filters import threshold_otsu
+
+        sm = _filled(arr)
+        sm = ndimage.gaussian_filter(sm, sigma_px) if sigma_px > 0 else sm
+        high = sm > threshold_otsu(sm)
+        mask = ~high if _border(high, 1).mean() > 0.5 else high
+        if not mask.any():
+            raise ValueError("image: no particle found (Otsu threshold left no foreground); pass a mask")
+        return ndimage.binary_fill_holes(largest_component(mask))
+    cands = _mask_candidates(arr, sigma_px)
+    if not cands or not np.isfinite(cands[0][0]):
+        raise ValueError("image: no particle found (no threshold gives a particle covering 2-85 % of the image, "
+                         "clear of the border); pass a mask (fixed_mask=/moving_mask=) or a larger field of view")
+    return cands[0][1]
 
 
 def registration_image(image: ArrayLike, mask: ArrayLike, *, long_name: str | None = None
@@ -474,17 +610,63 @@ def _homogeneous_rc(tx) -> np.ndarray:
     return _SWAP @ h @ _SWAP
 
 
+_SPECK_SIGMA = 8.0  # an isolated pixel this many robust sigmas off its 3x3 median is a speck (dust, hot pixel)
+
+
+def _despeckle(arr: np.ndarray) -> np.ndarray:
+    """Isolated outlier pixels (dust, hot or dead pixels) set to NaN, i.e. treated as missing data."""
+    filled = _fill_nearest(arr)
+    resid = filled - ndimage.median_filter(filled, size=3, mode="nearest")
+    ok = np.isfinite(arr)
+    mad = np.median(np.abs(resid[ok] - np.median(resid[ok])))
+    if mad == 0:
+        return arr
+    out = arr.copy()
+    out[np.abs(resid) > _SPECK_SIGMA * 1.4826 * mad] = np.nan
+    return out
+
+
+def _fill_nearest(arr: np.ndarray) -> np.ndarray:
+    """NaN pixels set to the nearest finite pixel's value (they are also left out of the metric)."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return arr
+    idx = ndimage.distance_transform_edt(bad, return_distances=False, return_indices=True)
+    return arr[tuple(idx)]
+
+
 def _normalise(arr: np.ndarray, mask: np.ndarray, smooth_px: float) -> np.ndarray:
-    """Smoothed, robustly rescaled image (1st-99th percentile to 0-1); NaN pixels set to the background median."""
-    bg = np.nanmedian(arr[~mask]) if (~mask).any() else np.nanmedian(arr)
-    arr = np.where(np.isfinite(arr), arr, bg)
+    """Smoothed, robustly rescaled image (1st-99th percentile to 0-1); NaN pixels filled from their neighbours."""
+    arr = _fill_nearest(arr)
     if smooth_px > 0:
         arr = ndimage.gaussian_filter(arr, smooth_px, mode="nearest")
     lo, hi = np.percentile(arr, [1, 99])
     return (arr - lo) / max(hi - lo, 1e-12)
 
 
-def _method(fixed_mask_img, *, bins, sampling, seed, iterations, shrink, sigmas):
+def _content(arr: np.ndarray, mask: np.ndarray, smooth_px: float, level_pct: float) -> np.ndarray:
+    """Background-to-particle map shared by both modalities: 0 background, 1 particle, clipped.
+
+    ``(image - background) / (particle level - background)`` with the background
+    the median outside `mask` and the particle level a low percentile inside it,
+    clipped to [0, 1]: what is *more* particle than the particle level — the
+    diffraction blobs and bend contours of a dark-field image, the thick middle
+    of an X-ray map — saturates, while what lies between background and particle
+    in both modalities — soft edges, thin patches and holes — stays.
+    """
+    bg = np.nanmedian(arr[~mask]) if (~mask).any() else np.nanmin(arr)
+    arr = _fill_nearest(arr)
+    inside = ndimage.gaussian_filter(arr, 1.0, mode="nearest")[mask]  # the level from a denoised image
+    med = np.median(inside)
+    side = 1.0 if med >= bg else -1.0
+    level = np.percentile(side * inside, level_pct) * side
+    span = level - bg if abs(level - bg) > 1e-12 else (med - bg or 1.0)
+    # clip first, then smooth: a strong blob at the rim must not bleed outwards through the smoothing
+    out = np.clip((arr - bg) / span, -0.2, 1.0)
+    return ndimage.gaussian_filter(out, smooth_px, mode="nearest") if smooth_px > 0 else out
+
+
+def _method(fixed_mask_img, *, bins, sampling, seed, iterations, shrink, sigmas, moving_mask_img=None):
     import SimpleITK as sitk
 
     r = sitk.ImageRegistrationMethod()
@@ -495,6 +677,8 @@ def _method(fixed_mask_img, *, bins, sampling, seed, iterations, shrink, sigmas)
     else:
         r.SetMetricSamplingStrategy(r.NONE)
     r.SetMetricFixedMask(fixed_mask_img)
+    if moving_mask_img is not None:
+        r.SetMetricMovingMask(moving_mask_img)
     r.SetInterpolator(sitk.sitkLinear)
     # the first step moves no point by more than _MAX_STEP_PX; steps then shrink by relaxation
     r.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=_MIN_STEP, numberOfIterations=iterations,
@@ -570,7 +754,10 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
         ``sampling`` (fraction of the masked fixed pixels sampled by the metric, default 1.0: all),
         ``iterations`` (per level, default 400), ``seed`` (metric sampling seed,
         default 0), ``smooth_px`` (Gaussian pre-smoothing of both images, default
-        1.0), ``min_dice`` (default 0.85).
+        1.0), ``min_dice`` (default 0.85), ``content`` ("auto", "clipped" or
+        "intensity": what the metric compares; "auto" = "intensity" when both
+        masks are given — prepared maps whose interiors are meant to be
+        compared, e.g. from :func:`registration_image` — else "clipped").
 
     Returns
     -------
@@ -584,14 +771,16 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
         Images that are not 2-D, constant or all-NaN; empty or non-boolean
         masks; unknown options.
     RegistrationError
-        When the final Dice of the particle masks is below ``min_dice``: the
-        optimiser converged to a wrong solution (never returned silently).
+        When no tried mask pair reaches a Dice of ``min_dice`` (the message
+        lists the attempts and says what to pass), or SimpleITK fails for all
+        of them; never a third-party exception.
 
     Warns
     -----
     RegistrationWarning
-        When the final optimisation stopped at the iteration cap (the result
-        may be close but is not converged); the warning gives the metrics.
+        When the first masks failed and an alternative was used; when the
+        final optimisation stopped at the iteration cap; when another refined
+        orientation scored within 1 % (ambiguous). The warning gives the metrics.
 
     Notes
     -----
@@ -622,8 +811,6 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     >>> bool(truth.target_registration_error(r.map_points(pts), pts).mean() < 1.0), r.metrics["mirrored"]
     (True, True)
     """
-    import SimpleITK as sitk
-
     _validate.no_unknown_options(options, _OPTIONS, func="register")
     _validate.choice(transform, ("affine", "similarity"), name="transform")
     mirror = options.get("mirror", "auto")
@@ -641,16 +828,98 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     if n_angles < 1 or n_refine < 1 or bins < 4 or iterations < 1:
         raise ValueError("n_angles, n_refine and iterations must be >= 1 and bins >= 4")
 
-    f_arr, m_arr = _image(fixed, "fixed"), _image(moving, "moving")
-    f_grid, m_grid = _grid_of(fixed, "fixed"), _grid_of(moving, "moving")
-    fm = (particle_mask(f_arr) if fixed_mask is None
-          else _validate.mask(fixed_mask, name="fixed_mask", shape=f_arr.shape, min_count=10))
-    mm = (particle_mask(m_arr) if moving_mask is None
-          else _validate.mask(moving_mask, name="moving_mask", shape=m_arr.shape, min_count=10))
+    content = options.get("content", "auto")
+    _validate.choice(content, ("auto", "clipped", "intensity"), name="content")
 
-    f_img = _to_sitk(_normalise(f_arr, fm, smooth_px))
-    m_img = _to_sitk(_normalise(m_arr, mm, smooth_px))
-    metric_mask = sitk.GetImageFromArray(ndimage.binary_dilation(fm, iterations=_DILATE).astype(np.uint8))
+    f_arr, m_arr = _despeckle(_image(fixed, "fixed")), _despeckle(_image(moving, "moving"))
+    f_grid, m_grid = _grid_of(fixed, "fixed"), _grid_of(moving, "moving")
+    if fixed_mask is None:
+        f_masks = [(how, m) for sc, m, how in _mask_candidates(f_arr, 1.0) if np.isfinite(sc)]
+        if not f_masks:
+            raise ValueError("fixed: no particle found automatically (no threshold gives a solid particle covering "
+                             "2-85 % of the image, clear of the border); pass fixed_mask=")
+    else:
+        f_masks = [("given", _validate.mask(fixed_mask, name="fixed_mask", shape=f_arr.shape, min_count=10))]
+    if moving_mask is None:
+        m_masks = [(how, m) for sc, m, how in _mask_candidates(m_arr, 1.0) if np.isfinite(sc)]
+        if not m_masks:
+            raise ValueError("moving: no particle found automatically (no threshold gives a solid particle covering "
+                             "2-85 % of the image, clear of the border); pass moving_mask=")
+    else:
+        m_masks = [("given", _validate.mask(moving_mask, name="moving_mask", shape=m_arr.shape, min_count=10))]
+    if content == "auto":
+        content = "intensity" if fixed_mask is not None and moving_mask is not None else "clipped"
+    pairs = _mask_pairs(f_masks, m_masks, f_grid, m_grid)
+    args = dict(transform=transform, mirror=mirror, n_angles=n_angles, n_refine=n_refine, bins=bins,
+                sampling=sampling, iterations=iterations, seed=seed, smooth_px=smooth_px, content=content)
+    attempts = []
+    for (fh, fm), (mh, mm) in pairs[:_MAX_ATTEMPTS]:
+        try:
+            reg = _register_once(f_arr, m_arr, fm, mm, f_grid, m_grid, **args)
+        except RuntimeError as err:  # SimpleITK reports optimiser/metric failures as RuntimeError
+            attempts.append((f"masks ({fh} | {mh})", None, str(err).strip().splitlines()[-1][:200]))
+            continue
+        attempts.append((f"masks ({fh} | {mh})", reg, ""))
+        if reg.metrics["dice"] >= min_dice:
+            break
+    done = [a for a in attempts if a[1] is not None]
+    if not done:
+        raise RegistrationError("registration failed: SimpleITK could not evaluate the metric for any mask pair ("
+                                + "; ".join(f"{w}: {e}" for w, _, e in attempts)
+                                + "). Pass fixed_mask=/moving_mask= that overlap the particles.")
+    how, reg, _ = max(done, key=lambda t: t[1].metrics["dice"])
+    metrics = reg.metrics
+    summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    tried = "; ".join(f"{w}: Dice {r.metrics['dice']:.3f}" if r is not None else f"{w}: {e}" for w, r, e in attempts)
+    if metrics["dice"] < min_dice:
+        raise RegistrationError(
+            f"registration failed: best Dice of the particle masks {metrics['dice']:.3f} < min_dice {min_dice} "
+            f"after {len(attempts)} mask pair(s) [{tried}] ({summary}; optimiser: {metrics['stop_condition']}). "
+            "Pass fixed_mask=/moving_mask= (e.g. from particle_mask with another sigma_px, or drawn by hand), "
+            "or fix mirror=True/False.")
+    if len(attempts) > 1:
+        warnings.warn(f"register: the first particle masks gave a poor fit; used {how} instead [{tried}] "
+                      f"({summary}). Check the overlays.", RegistrationWarning, stacklevel=2)
+    if metrics["iterations"] >= iterations:
+        warnings.warn(f"register: the optimiser hit the iteration cap ({iterations}); result not converged "
+                      f"({summary}). Increase iterations= or check the images.", RegistrationWarning, stacklevel=2)
+    if np.isfinite(metrics["mi_margin"]) and metrics["mi_margin"] < 0.01 * metrics["mattes_mi"]:
+        warnings.warn(f"register: ambiguous orientation — another refined solution scored within 1 % "
+                      f"(mi_margin {metrics['mi_margin']:.4f}; {summary}); compare mirror=True/False and check "
+                      "the overlays.", RegistrationWarning, stacklevel=2)
+    return reg
+
+
+def _mask_pairs(f_masks, m_masks, f_grid: _Grid, m_grid: _Grid) -> list:
+    """Mask pairs to try, in order: most plausible first, implausible physical-area ratios last."""
+    pairs = []
+    for i, fc in enumerate(f_masks[:3]):
+        for j, mc in enumerate(m_masks[:3]):
+            rank = i + j
+            if f_grid.physical and m_grid.physical:
+                af = fc[1].sum() * abs(f_grid.spacing[0] * f_grid.spacing[1])
+                am = mc[1].sum() * abs(m_grid.spacing[0] * m_grid.spacing[1])
+                if not _AREA_RATIO[0] <= af / am <= _AREA_RATIO[1]:
+                    rank += 10
+            pairs.append((rank, i, j, fc, mc))
+    pairs.sort(key=lambda t: t[:3])
+    return [(fc, mc) for *_, fc, mc in pairs]
+
+
+def _register_once(f_arr, m_arr, fm, mm, f_grid, m_grid, *, transform, mirror, n_angles, n_refine, bins,
+                   sampling, iterations, seed, smooth_px, content) -> Registration:
+    """One registration with given masks: moments start, rotation/mirror search, refinement."""
+    import SimpleITK as sitk
+
+    if content == "clipped":
+        f_img = _to_sitk(_content(f_arr, fm, smooth_px, _LEVEL_PCT))
+        m_img = _to_sitk(_content(m_arr, mm, smooth_px, _LEVEL_PCT))
+    else:
+        f_img = _to_sitk(_normalise(f_arr, fm, smooth_px))
+        m_img = _to_sitk(_normalise(m_arr, mm, smooth_px))
+    metric_mask = sitk.GetImageFromArray(
+        (ndimage.binary_dilation(fm, iterations=_DILATE) & np.isfinite(f_arr)).astype(np.uint8))
+    moving_valid = sitk.GetImageFromArray(np.isfinite(m_arr).astype(np.uint8)) if not np.isfinite(m_arr).all() else None
 
     # 1. moments initialisation + search over the residual rotation and mirror
     cf, sf = _moments(fm)
@@ -659,7 +928,8 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     mirrors = (False, True) if mirror == "auto" else (bool(mirror),)
     angles = np.arange(n_angles) * 2 * np.pi / n_angles
     cand, h_cand = [], []
-    probe = _method(metric_mask, bins=bins, sampling=1.0, seed=seed, iterations=1, shrink=(1,), sigmas=(0,))
+    probe = _method(metric_mask, bins=bins, sampling=1.0, seed=seed, iterations=1, shrink=(1,), sigmas=(0,),
+                    moving_mask_img=moving_valid)
     for mir in mirrors:
         for ang in angles:
             h = np.eye(3)
@@ -674,7 +944,7 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     #    conjugated by the anisotropic moments, so the first, coarse stage is affine
     def stage(h0, kind, shrink, sigmas, iters):
         r = _method(metric_mask, bins=bins, sampling=sampling, seed=seed, iterations=iters,
-                    shrink=shrink, sigmas=sigmas)
+                    shrink=shrink, sigmas=sigmas, moving_mask_img=moving_valid)
         if kind == "affine":
             tx = _sitk_affine(h0, cf)
             r.SetInitialTransform(tx, inPlace=True)
@@ -726,17 +996,8 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
          "mirror": ("candidate", np.array([c[1] for c in cand]), {"units": "1", "long_name": "mirrored"}),
          "mattes_mi": ("candidate", cand_mi, {"units": "nats", "long_name": "Mattes MI of the initial guess"})},
         attrs={"chosen": int(best_i)})
-    reg = Registration(matrix=h, fixed_grid=f_grid, moving_grid=m_grid, metrics=metrics, candidates=candidates,
-                       fixed_mask=fm, moving_mask=mm)
-    summary = ", ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
-    if d < min_dice:
-        raise RegistrationError(
-            f"registration failed: Dice of the particle masks {d:.3f} < min_dice {min_dice} ({summary}; "
-            f"optimiser: {stop}). Check the masks (pass fixed_mask/moving_mask), or fix mirror=True/False.")
-    if n_iter >= iterations:
-        warnings.warn(f"register: the optimiser hit the iteration cap ({iterations}); result not converged "
-                      f"({summary}). Increase iterations= or check the images.", RegistrationWarning, stacklevel=2)
-    return reg
+    return Registration(matrix=h, fixed_grid=f_grid, moving_grid=m_grid, metrics=metrics, candidates=candidates,
+                        fixed_mask=fm, moving_mask=mm)
 
 
 def metric_profile(fixed: ArrayLike, moving: ArrayLike, registration: Registration, *,

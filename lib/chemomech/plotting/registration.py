@@ -10,7 +10,8 @@ from matplotlib.figure import Figure
 
 from ._common import image_panel, new_figure
 
-__all__ = ["modality_pair", "checkerboard", "edge_overlay", "search_polar", "metric_profiles", "tre_map"]
+__all__ = ["modality_pair", "checkerboard", "edge_overlay", "search_polar", "metric_profiles", "tre_map",
+           "registration_diagnostic", "mask_comparison"]
 
 
 def _arr(image) -> np.ndarray:
@@ -120,4 +121,65 @@ def tre_map(fixed, tre: np.ndarray, points: np.ndarray, *, ax=None) -> Figure:
     ax.set_xlabel("x (px)", fontsize=8)
     ax.set_ylabel("y (px)", fontsize=8)
     ax.set_title(f"TRE: mean {np.mean(tre):.2f} px, max {np.max(tre):.2f} px", fontsize=9)
+    return fig
+
+
+def registration_diagnostic(fixed, warped, fixed_mask, warped_mask, profile: xr.Dataset, *,
+                            title: str = "") -> Figure:
+    """One figure to judge a registration: outline overlay, checkerboard and a metric profile.
+
+    Parameters
+    ----------
+    fixed, warped : array_like or xarray.DataArray
+        The fixed image and the moving image warped onto it (``Registration.warp``).
+    fixed_mask, warped_mask : array_like of bool
+        The fixed particle mask and the warped moving mask.
+    profile : xarray.Dataset
+        From :func:`chemomech.registration.metric_profile`: MI against a shift (px).
+    title : str
+        Figure title (e.g. the metrics).
+    """
+    fig, axes = new_figure(1, 3, width=3.3, height=3.0)
+    edge_overlay(fixed, fixed_mask, warped_mask, ax=axes[0, 0])
+    checkerboard(fixed, warped, ax=axes[0, 1])
+    ax = axes[0, 2]
+    s = profile["shift"].values
+    v = profile["mutual_information"].values
+    ax.plot(s, v, "-", color="C0")
+    ax.axvline(0, color="k", lw=0.6, ls=":")
+    ax.plot(s[np.argmax(v)], v.max(), "v", color="C0", label=f"maximum at {s[np.argmax(v)]:+.1f} px")
+    ax.set_xlabel(f"{profile['shift'].attrs.get('long_name', 'shift')} (px)")
+    ax.set_ylabel("mutual information (nats)")
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def mask_comparison(image, masks: dict, *, truth=None) -> Figure:
+    """An image with the outlines of several particle masks (e.g. old rule vs new), and the truth if known.
+
+    Parameters
+    ----------
+    image : array_like or xarray.DataArray
+    masks : dict of str -> array_like of bool
+        Label → mask; each outline gets its own colour.
+    truth : array_like of bool, optional
+        The true particle mask, drawn dashed.
+    """
+    from matplotlib.lines import Line2D
+
+    fig, axes = new_figure(1, 1, width=4.2, height=3.6)
+    ax = axes[0, 0]
+    image_panel(ax, _arr(image), title="particle masks", cmap="gray", colorbar=False)
+    handles, labels = [], []
+    for (label, m), col in zip(masks.items(), ("r", "c", "y", "m")):
+        ax.contour(np.asarray(m, float), levels=[0.5], colors=col, linewidths=1.2)
+        handles.append(Line2D([], [], color=col))
+        labels.append(label)
+    if truth is not None:
+        ax.contour(np.asarray(truth, float), levels=[0.5], colors="w", linewidths=0.8, linestyles="--")
+        handles.append(Line2D([], [], color="w", ls="--"))
+        labels.append("true outline")
+    ax.legend(handles, labels, fontsize=7, loc="lower right")
     return fig
