@@ -37,9 +37,26 @@ TABLE_REACH_PX = 1.0  # trial shifts cover [-reach, reach] around the coarse int
 
 
 class Locator:
-    """Sub-pixel disk locator for one square template (odd width ``W``)."""
+    """Sub-pixel disk locator for one square template (odd width ``W``).
 
-    def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX):
+    Parameters
+    ----------
+    template : numpy.ndarray
+        ``(W, W)`` disk template, centred on the middle pixel.
+    content_order : {0, 1, 2}
+        Degree of the polynomial that multiplies the template inside the disk
+        (0: a uniform disk, the plain template fit; 1 or 2: a disk whose
+        contents vary linearly / quadratically across it, so that only the
+        disk edge carries the position).
+    background_order : {0, 1}
+        Degree of the background polynomial (constant, or a plane).
+    support_radius : float, optional
+        Only pixels within this distance (px) of the window centre enter the
+        fine fit (keeps neighbouring disks out); default the whole window.
+    """
+
+    def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX,
+                 content_order: int = 0, background_order: int = 0, support_radius: float | None = None):
         t = np.asarray(template, dtype=float)
         self.template = t
         self.w = t.shape[0]
@@ -58,13 +75,29 @@ class Locator:
         ty = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, :, None]).real
         tx = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, None, :]).real
         n_s, npx = len(sy), self.w * self.w
-        jac = np.stack([ts.reshape(n_s, npx), np.ones((n_s, npx)), -ty.reshape(n_s, npx),
-                        -tx.reshape(n_s, npx)], axis=2)  # (S, P, 4)
+        yy, xx = np.mgrid[-self.half:self.half + 1, -self.half:self.half + 1].astype(float)
+        if support_radius is None:
+            support = np.ones(npx, bool)
+        else:
+            support = (np.hypot(yy, xx) <= float(support_radius)).ravel()
+        self.support = support
+        # offsets from the trial centre s, for the content and background polynomials
+        uy = yy.ravel()[None, :] - sy[:, None]
+        ux = xx.ravel()[None, :] - sx[:, None]
+        tsf = ts.reshape(n_s, npx)
+        cols = [tsf, np.ones((n_s, npx)), -ty.reshape(n_s, npx), -tx.reshape(n_s, npx)]
+        if content_order >= 1:
+            cols += [uy * tsf, ux * tsf]
+        if content_order >= 2:
+            cols += [uy * uy * tsf, ux * ux * tsf, uy * ux * tsf]
+        if background_order >= 1:
+            cols += [uy, ux]
+        jac = np.stack(cols, axis=2)[:, support, :]  # (S, P_support, K)
         jtj = np.matmul(jac.transpose(0, 2, 1), jac)
         inv = np.linalg.inv(jtj)
-        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P)
+        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)).astype(np.float32)  # (S, K, P_support)
         self.jtj = jtj
-        self.inv_diag = np.diagonal(inv, axis1=1, axis2=2).copy()  # (S, 4)
+        self.inv_diag = np.diagonal(inv, axis1=1, axis2=2).copy()  # (S, K)
         self._fft_cache: dict = {}
 
     # ------------------------------------------------------------ coarse step
@@ -118,7 +151,7 @@ class Locator:
     def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2):
         """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W)."""
         m = len(patches)
-        y = patches.reshape(m, -1).astype(np.float32, copy=False)
+        y = patches.reshape(m, -1)[:, self.support].astype(np.float32, copy=False)
         d = np.clip(start, -self.grid[-1], self.grid[-1])
         side = 2 * self.n_side + 1
         for it in range(n_iter + 1):
@@ -130,15 +163,15 @@ class Locator:
                 break
             safe = amp > 0
             s = self.grid[ij]
-            d_new = s + p[:, 2:] / np.where(safe, amp, 1.0)[:, None]
+            d_new = s + p[:, 2:4] / np.where(safe, amp, 1.0)[:, None]
             d = np.where(safe[:, None], np.clip(d_new, -self.grid[-1], self.grid[-1]), d)
         s = self.grid[ij]
-        d = s + p[:, 2:] / np.where(amp > 0, amp, 1.0)[:, None]
+        d = s + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
         yy = np.einsum("mp,mp->m", y, y, dtype=float)
         fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
-        var = np.maximum(yy - fit, 0.0) / max(y.shape[1] - 4, 1)
+        var = np.maximum(yy - fit, 0.0) / max(y.shape[1] - p.shape[1], 1)
         amp_err = np.sqrt(var * self.inv_diag[ti, 0])
-        pos_err = np.sqrt(var * self.inv_diag[ti, 2:].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        pos_err = np.sqrt(var * self.inv_diag[ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
         return d, amp, amp_err, pos_err
 
     def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,

@@ -59,6 +59,8 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
            "reference_transform"]
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
+EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
+NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
 _TEMPLATE_PATTERNS = 100  # about this many direct-beam patches are averaged into the template (probe=None)
 _STRAIN_META = {
     "exx": ("1", "strain exx (image frame)"),
@@ -268,7 +270,7 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         g0 = start + s + np.arange(m)
         o_guess = np.stack([np.ones(m), g0 // ctx["nx"], g0 % ctx["nx"]], axis=1) @ ctx["coef"]
         g_guess = np.repeat(g_ref0[None], m, axis=0)
-        if ctx["method"] == "fast":
+        if ctx["method"] != "py4dstem":
             padded = _padded(sub, pad)
             # circular correlation at the detector size (a fast FFT length), wrapped into the padding
             cc = np.pad(loc.correlate(sub), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
@@ -278,7 +280,7 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
             h_s = hk[sel]
             guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
-            if ctx["method"] == "fast":
+            if ctx["method"] != "py4dstem":
                 pos, snr, perr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
                                             pad, limit, search=search, cc=cc)
                 pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
@@ -438,6 +440,30 @@ def _detector_frame(g_det: np.ndarray, rotation: float) -> np.ndarray:
     g_xy = g_det[:, ::-1, :]  # rows (kx, ky) -> (x, y)
     c, s = np.cos(-rotation), np.sin(-rotation)
     return np.einsum("ij,njk->nik", np.array([[c, -s], [s, c]]), g_xy)
+
+
+def _symmetrised(template: np.ndarray) -> np.ndarray:
+    """Rotational average of a centred template: the aperture's edge profile without the disk contents'
+    asymmetry (linear interpolation of the radial profile on 0.25 px bins)."""
+    half = template.shape[0] // 2
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    rho = np.hypot(yy, xx).ravel()
+    bins = np.arange(0.0, rho.max() + 0.5, 0.25)
+    idx = np.digitize(rho, bins) - 1
+    cnt = np.bincount(idx, minlength=len(bins))
+    tot = np.bincount(idx, weights=template.ravel(), minlength=len(bins))
+    ok = cnt > 0
+    centres = np.bincount(idx, weights=rho, minlength=len(bins))[ok] / cnt[ok]
+    return np.interp(rho, centres, tot[ok] / cnt[ok]).reshape(template.shape)
+
+
+def _edge_locator(template: np.ndarray, radius: float, g_min: float) -> _diskfind.Locator:
+    """The content-robust locator: symmetric template times a quadratic content polynomial, a background
+    plane, on a circular support reaching 2.5 px beyond the disk edge but stopping 0.5 px short of the
+    nearest neighbouring disk's edge."""
+    half = template.shape[0] // 2
+    support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
+    return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support)
 
 
 # ----------------------------------------------------------------- main
@@ -610,7 +636,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     (0.01, -0.005)
     """
     _validate.no_unknown_options(options, _OPTIONS, func="measure_strain")
-    method = _validate.choice(options.get("method", "fast"), ("fast", "py4dstem"), name="method")
+    method = _validate.choice(options.get("method", "fast"), ("fast", "plain", "py4dstem"), name="method")
     min_disks = int(options.get("min_disks", 6))
     snr_min = float(options.get("snr_min", 4.0))
     chunk = int(options.get("chunk", 256))
@@ -629,7 +655,8 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     template, half, g_ref0 = prep["template"], prep["half"], prep["g_ref0"]
     origin_fit, c_mean, radius = prep["origin_fit"], prep["c_mean"], prep["radius"]
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
-    ctx = {"locator": prep["fitter"], "limit": prep["limit"], "half": half,
+    locator = _edge_locator(template, radius, prep["g_min"]) if method == "fast" else prep["fitter"]
+    ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
            "snr_min": snr_min, "min_disks": min_disks}
