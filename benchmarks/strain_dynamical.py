@@ -24,11 +24,11 @@ KEYS = ("exx", "eyy", "exy", "theta")
 STATES = ((0.01, 0, 0, 0), (-0.01, 0, 0, 0), (0, 0.01, 0, 0), (0, -0.01, 0, 0),
           (0, 0, 0.005, 0), (0, 0, -0.005, 0), (0, 0, 0, np.deg2rad(1.0)))
 BLOCK = 4
-SETUP = stem4d.DiffractionSetup(convergence_mrad=0.8)
 TILT_MRAD = (1.0, -0.6)
 
 
-def wedge_scan(*, dose: float, disks: str, ny: int = 8, rng=0, tilt=TILT_MRAD, thickness=(20.0, 60.0)):
+def wedge_scan(*, dose: float, disks: str, ny: int = 8, rng=0, tilt=TILT_MRAD, thickness=(20.0, 60.0),
+               convergence_mrad: float = 0.4):
     """Simulate the wedge scan; returns the simulation and the region label of every pixel (0 = reference)."""
     nx = BLOCK * (len(STATES) + 1)
     region = np.repeat(np.arange(len(STATES) + 1), BLOCK)[None].repeat(ny, 0)
@@ -37,7 +37,8 @@ def wedge_scan(*, dose: float, disks: str, ny: int = 8, rng=0, tilt=TILT_MRAD, t
         for f, v in zip(fields, st):
             f[region == i] = v
     thick = np.linspace(*thickness, nx)[None].repeat(ny, 0)
-    sim = stem4d.simulate_fields(*fields, thick, setup=SETUP, dose=dose, disks=disks,
+    setup = stem4d.DiffractionSetup(convergence_mrad=convergence_mrad)
+    sim = stem4d.simulate_fields(*fields, thick, setup=setup, dose=dose, disks=disks,
                                  tilt_mrad=np.broadcast_to(np.asarray(tilt, float), (ny, nx, 2)), rng=rng)
     return sim, region
 
@@ -59,12 +60,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--dose", type=float, default=1e5)
     ap.add_argument("--disks", default="dynamical")
+    ap.add_argument("--convergence", type=float, default=0.4, help="probe semi-angle, mrad")
     ap.add_argument("--methods", default="fast,plain,py4dstem")
     ap.add_argument("--probe", action="store_true", help="give the vacuum probe as template")
     args = ap.parse_args()
-    sim, region = wedge_scan(dose=args.dose, disks=args.disks)
+    sim, region = wedge_scan(dose=args.dose, disks=args.disks, convergence_mrad=args.convergence)
     cube = sim.datacube.values
-    print(f"{args.disks} disks, dose {args.dose:g}, scan {cube.shape[:2]}, thickness 20-60 nm")
+    print(f"{args.disks} disks, {args.convergence:g} mrad, dose {args.dose:g}, scan {cube.shape[:2]}, thickness 20-60 nm")
     for method in args.methods.split(","):
         t0 = time.process_time()
         res = strain.measure_strain(cube, reference=region == 0, method=method,

@@ -61,6 +61,9 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
 NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
+LOST_NONFINITE_FRACTION = 0.5  # a pattern with more non-finite pixels than this is lost
+SATURATION_MIN_HITS = 10  # the data maximum must occur this often to count as a clipping level
+MAX_BAD_PIXEL_FRACTION = 0.25  # more excluded detector pixels than this: refuse to measure
 _TEMPLATE_PATTERNS = 100  # about this many direct-beam patches are averaged into the template (probe=None)
 _STRAIN_META = {
     "exx": ("1", "strain exx (image frame)"),
@@ -102,17 +105,9 @@ def _as_array(datacube: object, *, lazy: bool = False) -> tuple[object, dict]:
             arr = arr.compute()
     if not _is_dask(arr):
         arr = _validate.array(arr, name="datacube", ndim=4, dtype_kind="biuf")
-        if not lazy:  # the lazy path checks every chunk in its first pass
-            _check_finite(arr)
     if min(arr.shape[2:]) < 16:
         raise ValueError(f"datacube patterns must be at least 16 x 16 pixels, got {arr.shape[2:]}")
     return (arr if _is_dask(arr) else arr.astype(np.float32, copy=False)), coords
-
-
-def _check_finite(block: np.ndarray) -> None:
-    if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
-        raise ValueError("datacube must contain only finite values; found NaN or inf "
-                         "(replace dead pixels, e.g. by the median of their neighbours)")
 
 
 # ----------------------------------------------------------------- chunked execution
@@ -227,14 +222,81 @@ def _sub_batches(block: np.ndarray, chunk: int):
 
 
 def _pass_sum(block: np.ndarray, start: int, ctx: dict) -> tuple:
-    """Pass 1: sum pattern (float64) and total counts per pattern; checks finiteness."""
-    block = np.asarray(block)
-    _check_finite(block)
-    return block.sum(axis=0, dtype=np.float64), block.sum(axis=(1, 2), dtype=np.float64)
+    """Pass 1: statistics of the usable patterns and which patterns are lost.
+
+    Returns the sum and sum of squares (float64) over usable patterns, per-pixel counts of non-finite
+    values and of values equal to the block maximum, the block maximum, totals per pattern and the
+    lost flags (all non-finite, mostly non-finite, or all zero).
+    """
+    block = np.asarray(block, dtype=np.float32)
+    finite = np.isfinite(block)
+    frac_bad = 1.0 - finite.mean(axis=(1, 2))
+    clean = np.where(finite, block, 0.0).astype(np.float32)
+    lost = (frac_bad > LOST_NONFINITE_FRACTION) | np.all(clean == 0, axis=(1, 2))
+    good = clean[~lost]
+    vmax = float(good.max()) if len(good) else -np.inf
+    at_max = (good == vmax).sum(axis=0) if len(good) else np.zeros(block.shape[1:], int)
+    return (good.sum(axis=0, dtype=np.float64), np.square(good, dtype=np.float64).sum(axis=0),
+            (~finite[~lost]).sum(axis=0), at_max, vmax, clean.sum(axis=(1, 2), dtype=np.float64), lost)
+
+
+def _find_flaws(sums: list, n: int, shape: tuple[int, int]) -> dict:
+    """Lost patterns and dead, hot and saturated detector pixels from the pass-1 statistics."""
+    lost = np.concatenate([z[6] for z in sums])
+    n_good = int((~lost).sum())
+    if n_good == 0:
+        raise ValueError("datacube: every pattern is lost (all NaN/inf or all zero); nothing to measure")
+    total = np.sum([z[0] for z in sums], axis=0)
+    mean = total / n_good
+    var = np.maximum(np.sum([z[1] for z in sums], axis=0) / n_good - mean**2, 0.0)
+    nonfinite = np.sum([z[2] for z in sums], axis=0)
+    vmax = max(z[4] for z in sums)
+    at_max = np.sum([z[3] for z in sums if z[4] == vmax], axis=0)
+    m_loc = ndimage.median_filter(mean, size=5, mode="nearest")
+    v_loc = ndimage.median_filter(var, size=5, mode="nearest")
+    # dead / stuck: (nearly) constant where the neighbours fluctuate, or NaN in more than 1 % of patterns
+    # (a pixel that should have collected > 20 counts over the scan, judged from its 5 x 5 neighbourhood)
+    # (counts fluctuate at least like Poisson noise, var ~ mean, in a live pixel; a dead one is constant)
+    local = np.abs(m_loc)
+    dead = ((var <= 0.002 * local) & (n_good * local > 20)) | (nonfinite > 0.01 * n_good)
+    # hot: far brighter on average than the neighbourhood (a disk edge is at most ~2-3x its 5x5 median)
+    hot = (mean > 4.0 * np.abs(m_loc) + 10.0 * np.sqrt(v_loc) + 1.0) & ~dead
+    # saturated: the data's maximum value is hit many times (a clipping level, not a Poisson extreme)
+    saturated = np.zeros(shape, bool)
+    if np.isfinite(vmax) and vmax > 0 and at_max.sum() >= SATURATION_MIN_HITS:
+        saturated = (at_max > 0) & ~dead & ~hot
+    bad = dead | hot | saturated
+    if bad.mean() > MAX_BAD_PIXEL_FRACTION:
+        raise ValueError(f"datacube: {100 * bad.mean():.0f} % of the detector pixels are dead, hot or saturated "
+                         f"(at most {100 * MAX_BAD_PIXEL_FRACTION:.0f} % can be excluded); too little is left")
+    return {"lost": lost, "n_good": n_good, "mean": mean, "dead": dead, "hot": hot, "saturated": saturated,
+            "bad": bad, "saturation_level": float(vmax) if saturated.any() else None}
+
+
+def _cleaned(block: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
+    """float32 patterns with non-finite values set to 0 and excluded pixels replaced by the mean of their
+    usable 3 x 3 (else 7 x 7) neighbours, so correlations and templates do not see them."""
+    block = np.asarray(block, dtype=np.float32)
+    if not np.all(np.isfinite(block)):
+        block = np.where(np.isfinite(block), block, 0.0).astype(np.float32)
+    if bad is None or not bad.any():
+        return block
+    good = (~bad).astype(np.float32)
+    out = block.copy()
+    for size in (3, 7):
+        num = ndimage.uniform_filter(block * good, size=(1, size, size), mode="constant")
+        den = ndimage.uniform_filter(good, size=size, mode="constant")
+        fill = bad & (den > 1e-6)
+        out[:, fill] = num[:, fill] / den[fill]
+        good = good.copy()
+        if fill.all() or not (bad & ~fill).any():
+            break
+    return out
 
 
 def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
     """Pass 2: direct beam position, SNR and central-disk counts per pattern (+ template accumulation)."""
+    block = _cleaned(block, ctx.get("bad"))
     loc, half, pad = ctx["locator"], ctx["half"], ctx["pad"]
     box = 3 * half + 4  # only this neighbourhood of the expected direct beam is looked at
     c = np.round(ctx["guess"]).astype(int)
@@ -253,15 +315,17 @@ def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
         snr.append(q)
         if ctx["stride"]:
             g = np.arange(start + s, start + s + m)
-            for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"])):
+            for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"]) & ~ctx["lost"][g]):
                 acc += _template_patch(sub[j], p[j] + lo, half)
     return np.concatenate(pos), np.concatenate(snr), np.concatenate(central), acc
 
 
 def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
     """Pass 3: per-pattern disk positions and lattice fit; returns g (m, 2, 2), origin, rms, count."""
+    block = _cleaned(block, ctx.get("bad"))
     loc, limit, half = ctx["locator"], ctx["limit"], ctx["half"]
     hk, inner, g_ref0, capture = ctx["hk"], ctx["inner"], ctx["g_ref0"], ctx["capture"]
+    near_bad = ctx.get("near_bad")
     search = int(np.ceil(capture))
     pad = half + search + 4  # just enough zero padding for the windows of disks on the detector
     out = []
@@ -289,6 +353,9 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
                 weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
             else:
                 pos, weight = _match_peaks(py4_peaks, guess, 0.35 * ctx["g_min"] if stage == "inner" else 1.5)
+            if near_bad is not None:  # disks whose fit window holds an excluded detector pixel are not used
+                ij = np.clip(np.round(np.nan_to_num(pos)).astype(int), 0, limit - 1)
+                weight = np.where(near_bad[ij[..., 0], ij[..., 1]], 0.0, weight)
             o_fit, g_fit, rms, count = _robust_lattice(pos, h_s, weight, ctx["min_disks"])
             okp = np.isfinite(g_fit).all(axis=(1, 2))
             o_guess = np.where(okp[:, None], o_fit, o_guess)
@@ -442,6 +509,15 @@ def _detector_frame(g_det: np.ndarray, rotation: float) -> np.ndarray:
     return np.einsum("ij,njk->nik", np.array([[c, -s], [s, c]]), g_xy)
 
 
+def _near(bad: np.ndarray | None, radius: float) -> np.ndarray | None:
+    """Detector pixels within `radius` px of an excluded pixel (None when nothing is excluded)."""
+    if bad is None:
+        return None
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(bad, structure=np.hypot(yy, xx) <= radius)
+
+
 def _symmetrised(template: np.ndarray) -> np.ndarray:
     """Rotational average of a centred template: the aperture's edge profile without the disk contents'
     asymmetry (linear interpolation of the radial profile on 0.25 px bins)."""
@@ -477,8 +553,11 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     dky, dkx = src.pats.shape[1:]
     # 1. template and central disk of the mean pattern (pass 1 over the data)
     sums = src.map(_pass_sum, {}, progress=progress, desc="mean pattern")
-    mean = np.sum([z[0] for z in sums], axis=0) / n
-    totals = np.concatenate([z[1] for z in sums])
+    flaws = _find_flaws(sums, n, (dky, dkx))
+    bad = flaws["bad"] if flaws["bad"].any() else None
+    mean = _cleaned(flaws["mean"][None], bad)[0].astype(float)
+    totals = np.concatenate([z[5] for z in sums])
+    lost = flaws["lost"]
     if probe is not None:
         pr = _validate.array(probe, name="probe", shape=(dky, dkx), finite=True).astype(float)
         pk = _peaks(pr, 2.0, n_max=1)
@@ -505,7 +584,8 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
 
     # 2. direct beam in every pattern (pass 2, and pass 2' with the re-averaged template), descan plane
     ctx = {"locator": fitter, "guess": c_mean, "half": half, "pad": pad, "limit": limit, "chunk": chunk,
-           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0}
+           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0, "bad": bad,
+           "lost": lost}
     res = src.map(_pass_origin, ctx, progress=progress, desc="direct beam")
     origin_obs, snr0 = np.concatenate([z[0] for z in res]), np.concatenate([z[1] for z in res])
     central = np.concatenate([z[2] for z in res])
@@ -519,6 +599,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
         central = np.concatenate([z[2] for z in res])
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     design = np.stack([np.ones(n), yy.ravel(), xx.ravel()], axis=1)
+    snr0 = np.where(lost, 0.0, snr0)
     use = snr0 > snr_min
     if use.sum() < 3:
         raise ValueError("datacube: the direct beam was found in fewer than 3 patterns; cannot fit the descan")
@@ -531,12 +612,14 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
 
     # 3. reciprocal lattice from the descan-corrected mean pattern
     # (from the 3 x 3 block of patterns with the most diffracted signal: one local lattice)
-    score = ndimage.uniform_filter((totals - central).reshape(ny, nx), 3, mode="nearest")
+    score = ndimage.uniform_filter(np.where(lost, 0.0, totals - central).reshape(ny, nx), 3, mode="nearest")
     by, bx = np.unravel_index(np.argmax(score), (ny, nx))
     rows_b, cols_b = range(max(by - 1, 0), min(by + 2, ny)), range(max(bx - 1, 0), min(bx + 2, nx))
     block = [iy * nx + ix for iy in rows_b for ix in cols_b]
     shifted = np.zeros((dky, dkx))
-    for i, pat in zip(block, src.take(block)):
+    for i, pat in zip(block, _cleaned(src.take(block), bad)):
+        if lost[i]:
+            continue
         shifted += ndimage.shift(pat.astype(float), c_mean - origin_fit[i], order=1, mode="constant")
     pk = _peaks(shifted, radius)
     padded_mean = np.pad(shifted, pad)[None]
@@ -572,7 +655,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
             "g_ref0": g_ref0, "hk": hk, "inner": inner, "origin_fit": origin_fit, "origin_obs": origin_obs,
             "coef": coef, "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "mean": mean,
             "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block,
-            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min}
+            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min, "flaws": flaws, "bad": bad}
 
 
 def measure_strain(datacube: object, *, reference: ArrayLike | None = None, probe: ArrayLike | None = None,
@@ -623,8 +706,21 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     Raises
     ------
     ValueError
-        Wrong dimensionality, non-finite data, an empty or mis-shaped
-        `reference`, no disks in the mean pattern, or no pattern measurable.
+        Wrong dimensionality, every pattern lost, more than a quarter of the
+        detector excluded, an empty or mis-shaped `reference`, no disks in the
+        mean pattern, or no pattern measurable.
+
+    Notes
+    -----
+    Imperfect data are measured rather than refused: patterns that are all
+    NaN/inf, mostly non-finite or all zero come back unmeasured (``mask``
+    False, strain NaN); dead, hot and saturated detector pixels are found from
+    the mean and variance patterns (and the clipping level), replaced by their
+    neighbours' mean for the correlations and templates, and every disk whose
+    fit window holds one is left out of the lattice fits.
+    :func:`diagnostics` lists what was found (``flaws``); the result's
+    attributes count it (``n_lost_patterns``, ``n_excluded_detector_pixels``).
+    Dark-subtracted data with small negative counts are fine.
 
     Examples
     --------
@@ -659,7 +755,8 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
-           "snr_min": snr_min, "min_disks": min_disks}
+           "snr_min": snr_min, "min_disks": min_disks, "bad": prep["bad"],
+           "near_bad": _near(prep["bad"], half + 1.0)}
     if method == "py4dstem":
         kernel = np.zeros((dky, dkx))
         kernel[:template.shape[0], :template.shape[1]] = template
@@ -670,7 +767,8 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
 
     # 6. strain relative to the reference lattice
     g_xy = _detector_frame(g_all, float(rotation))  # (n, 2 [x, y], 2)
-    measured = np.isfinite(g_xy).all(axis=(1, 2))
+    flaws = prep["flaws"]
+    measured = np.isfinite(g_xy).all(axis=(1, 2)) & ~flaws["lost"]
     if not measured.any():
         raise ValueError("datacube: no pattern had enough disks to fit a lattice "
                          f"(min_disks={min_disks}); check the data or lower snr_min")
@@ -704,6 +802,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         "g1_xy_px": g_ref_px[:, 0].tolist(), "g2_xy_px": g_ref_px[:, 1].tolist(),
         "origin_mean_ky_kx_px": c_mean.tolist(), "window_px": 2 * half + 1,
         "capture_px": prep["capture"], "min_spacing_px": prep["min_spacing"], "snr_min": snr_min,
+        "n_lost_patterns": int(flaws["lost"].sum()), "n_excluded_detector_pixels": int(flaws["bad"].sum()),
     })
 
 
@@ -733,6 +832,14 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
         descan-corrected mean pattern) with their ``lattice_hk``; ``disks``
         (one (m, 2) array of (ky, kx) per requested pattern, detected disks only)
         and ``disk_snr`` (SNR of every predicted disk of those patterns);
+        ``flaws``: what was found wrong with the data and left out of every
+        template and fit: ``lost`` ((ny, nx) bool: patterns all NaN/inf,
+        mostly non-finite or all zero; returned unmeasured), ``dead``, ``hot``,
+        ``saturated`` and their union ``bad`` ((ky, kx) bool detector masks,
+        from the mean and variance patterns; saturated = pixels that reach a
+        clipping level, the data maximum when it occurs at least 10 times),
+        ``saturation_level`` (or None) and ``excluded_pixels`` ((k, 2)
+        ``(ky, kx)`` lists per class);
         ``predicted_hk`` ((d, 2) indices of all disks fitted in every pattern);
         ``parameters``: the detection parameters chosen automatically
         (``template_radius_px`` from the probe or central disk, ``window_px``
@@ -755,7 +862,8 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
     fitter, pad, half, limit = prep["fitter"], prep["pad"], prep["half"], prep["limit"]
     disks, disk_snr = [], []
     idx = [int(iy) * nx + int(ix) for iy, ix in patterns]
-    for i, pat in zip(idx, src.take(idx) if idx else []):
+    fl = prep["flaws"]
+    for i, pat in zip(idx, _cleaned(src.take(idx), prep["bad"]) if idx else []):
         guess = prep["origin_fit"][i] + prep["hk"] @ prep["g_ref0"].T
         img = _padded(pat[None], pad)
         pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit,
@@ -771,7 +879,10 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
             "parameters": {"template_radius_px": prep["radius"], "window_px": 2 * half + 1,
                            "min_spacing_px": prep["min_spacing"], "capture_px": prep["capture"],
                            "snr_min": snr_min, "n_disks_predicted": len(prep["hk"])},
-            "predicted_hk": prep["hk"], "disks": disks, "disk_snr": disk_snr}
+            "predicted_hk": prep["hk"], "disks": disks, "disk_snr": disk_snr,
+            "flaws": {"lost": fl["lost"].reshape(ny, nx), "dead": fl["dead"], "hot": fl["hot"],
+                      "saturated": fl["saturated"], "bad": fl["bad"], "saturation_level": fl["saturation_level"],
+                      "excluded_pixels": {k: np.argwhere(fl[k]) for k in ("dead", "hot", "saturated")}}}
 
 
 def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | None = None) -> xr.Dataset:
@@ -790,7 +901,9 @@ def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | No
     Returns
     -------
     xarray.Dataset
-        ``bright_field`` and ``dark_field`` (counts) on ``("y", "x")``.
+        ``bright_field`` and ``dark_field`` (counts) on ``("y", "x")``; NaN
+        where a pattern is lost (all NaN/inf); other non-finite values count
+        as 0.
 
     Examples
     --------
@@ -800,12 +913,17 @@ def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | No
     (5.0, 1.0)
     """
     cube, coords = _as_array(datacube)
+    finite = np.isfinite(cube)
+    lost = ~finite.any(axis=(2, 3))
+    if not finite.all():
+        cube = np.where(finite, cube, 0.0).astype(np.float32)
     r = _validate.positive(radius_px, name="radius_px")
     dky, dkx = cube.shape[2:]
     c = np.array([dky / 2, dkx / 2]) if centre is None else _validate.array(centre, name="centre", shape=(2,))
     rho = np.hypot(np.arange(dky)[:, None] - c[0], np.arange(dkx)[None, :] - c[1])
     bf = np.tensordot(cube, (rho <= r).astype(np.float32), axes=([2, 3], [0, 1]))
     df = np.tensordot(cube, (rho > r + 2).astype(np.float32), axes=([2, 3], [0, 1]))
+    bf, df = np.where(lost, np.nan, bf), np.where(lost, np.nan, df)  # all-NaN patterns: lost
     ds = xr.Dataset({"bright_field": (("y", "x"), bf, {"units": "counts", "long_name": "virtual bright field"}),
                      "dark_field": (("y", "x"), df, {"units": "counts", "long_name": "virtual annular dark field"})})
     return ds.assign_coords(coords) if coords else ds
