@@ -9,6 +9,8 @@ the analysis is always tested against code that it did not shape.
 - :mod:`chemomech.twin.particle` — platelets with known X, thickness, eigenstrain
   law and FEM truth strain (:func:`make_particle`, :func:`particle_set`);
 - :mod:`chemomech.twin.stem4d` — 4D-STEM nanobeam datacubes of a particle;
+- :mod:`chemomech.twin.cbed` — the multislice (abTEM) library of Bragg-disk contents that
+  :mod:`~chemomech.twin.stem4d` draws dynamical disks from;
 - :mod:`chemomech.twin.ptycho` — Fe L-edge spectro-ptychography energy stacks;
 - :mod:`chemomech.twin.pair` — image pairs with a known geometric relation;
 - :mod:`chemomech.twin.noise` — noisy (strain, X) measurements straight from the truth.
@@ -16,7 +18,7 @@ the analysis is always tested against code that it did not shape.
 
 from __future__ import annotations
 
-from . import noise, pair, particle, ptycho, stem4d
+from . import cbed, noise, pair, particle, ptycho, stem4d
 from .particle import (
     BATCHES,
     Defect,
@@ -34,6 +36,7 @@ __all__ = [
     "Defect",
     "EigenstrainLaw",
     "Particle",
+    "cbed",
     "make_particle",
     "mesh_convergence",
     "noise",
