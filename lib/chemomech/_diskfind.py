@@ -34,6 +34,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 TABLE_STEP_PX = 1.0 / 16  # spacing of the precomputed trial shifts, px
 TABLE_REACH_PX = 1.0  # trial shifts cover [-reach, reach] around the coarse integer position, px
+#: Ridge levels of the content-slope prior, in units of the slope columns' own normal-matrix entry
+#: (half a decade apart: the chosen level is within a factor 1.8 of the disk's own penalty).
+PRIOR_LEVELS = 10.0 ** np.arange(-2.0, 2.01, 0.5)
+_PRIOR_DECADE = 0.5
 
 
 class Locator:
@@ -53,10 +57,22 @@ class Locator:
     support_radius : float, optional
         Only pixels within this distance (px) of the window centre enter the
         fine fit (keeps neighbouring disks out); default the whole window.
+    slope_prior : float, optional
+        With ``content_order >= 1``: the expected relative change of the disk
+        contents across one disk radius (RMS, per axis). The linear content
+        terms get a Gaussian prior of that width (ridge penalty
+        ``noise variance / (slope_prior * A / radius)^2``, chosen per disk from
+        its fitted amplitude ``A`` and residual variance among
+        :data:`PRIOR_LEVELS` precomputed tables): faint disks, whose contents
+        the data cannot resolve, are fitted nearly as uniform disks (low noise),
+        bright ones with free contents (low bias). None: no prior.
+    radius : float
+        Disk radius, px (scales `slope_prior`).
     """
 
     def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX,
-                 content_order: int = 0, background_order: int = 0, support_radius: float | None = None):
+                 content_order: int = 0, background_order: int = 0, support_radius: float | None = None,
+                 slope_prior: float | None = None, radius: float = 1.0):
         t = np.asarray(template, dtype=float)
         self.template = t
         self.w = t.shape[0]
@@ -94,10 +110,24 @@ class Locator:
             cols += [uy, ux]
         jac = np.stack(cols, axis=2)[:, support, :]  # (S, P_support, K)
         jtj = np.matmul(jac.transpose(0, 2, 1), jac)
-        inv = np.linalg.inv(jtj)
-        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)).astype(np.float32)  # (S, K, P_support)
+        n_k = jac.shape[2]
+        # ridge levels on the two linear content terms (columns 4, 5): level 0 = none
+        self.prior = None
+        levels = [0.0]
+        if slope_prior is not None and content_order >= 1:
+            self.prior = (float(slope_prior) / float(radius)) ** 2  # variance of (slope / A) per px^2
+            unit = float(np.mean(jtj[len(jtj) // 2, [4, 5], [4, 5]]))
+            levels += list(unit * PRIOR_LEVELS)
+        self.levels = np.asarray(levels)
+        pen = np.zeros((len(levels), n_k, n_k))
+        if n_k > 5:
+            pen[:, 4, 4] = pen[:, 5, 5] = self.levels
+        inv = np.linalg.inv(jtj[None] + pen[:, None])  # (L, S, K, K)
+        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
         self.jtj = jtj
-        self.inv_diag = np.diagonal(inv, axis1=1, axis2=2).copy()  # (S, K)
+        self.jac = jac.astype(np.float32)
+        self.pen = self.levels if n_k > 5 else np.zeros(1)  # penalty on columns 4 and 5 per level
+        self.inv_diag = np.diagonal(inv, axis1=2, axis2=3).copy()  # (L, S, K)
         self._fft_cache: dict = {}
 
     # ------------------------------------------------------------ coarse step
@@ -148,18 +178,30 @@ class Locator:
 
     # ------------------------------------------------------------ fine step
 
-    def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2):
+    def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2, details: bool = False):
         """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W)."""
         m = len(patches)
         y = patches.reshape(m, -1)[:, self.support].astype(np.float32, copy=False)
         d = np.clip(start, -self.grid[-1], self.grid[-1])
         side = 2 * self.n_side + 1
-        for it in range(n_iter + 1):
+        yy = np.einsum("mp,mp->m", y, y, dtype=float)
+        li = np.zeros(m, int)
+        dof = max(y.shape[1] - self.pinv.shape[2], 1)
+        last = n_iter + (self.prior is not None)
+        for it in range(last + 1):
             ij = np.clip(np.round(d / self.step).astype(int) + self.n_side, 0, side - 1)
             ti = ij[:, 0] * side + ij[:, 1]
-            p = np.matmul(self.pinv[ti], y[:, :, None])[:, :, 0].astype(float)  # (m, 4): A, B, A dy, A dx
+            p = np.matmul(self.pinv[li, ti], y[:, :, None])[:, :, 0].astype(float)  # (m, K): A, B, A dy, A dx, ...
             amp = p[:, 0]
-            if it == n_iter:
+            if it == 0 and self.prior is not None:
+                # per-disk ridge level: noise variance / prior variance of the content slopes
+                var0 = np.maximum(yy - np.einsum("mi,mij,mj->m", p, self.jtj[ti], p), 0.0) / dof
+                lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
+                lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
+                li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
+                li = np.where(amp > 0, li, len(self.levels) - 1)
+                continue
+            if it == last:
                 break
             safe = amp > 0
             s = self.grid[ij]
@@ -167,15 +209,27 @@ class Locator:
             d = np.where(safe[:, None], np.clip(d_new, -self.grid[-1], self.grid[-1]), d)
         s = self.grid[ij]
         d = s + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
-        yy = np.einsum("mp,mp->m", y, y, dtype=float)
+        # residual of the (penalised) solution: |y - J p|^2 = yy - p'JtJ p - 2 p' Lambda p
         fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
-        var = np.maximum(yy - fit, 0.0) / max(y.shape[1] - p.shape[1], 1)
-        amp_err = np.sqrt(var * self.inv_diag[ti, 0])
-        pos_err = np.sqrt(var * self.inv_diag[ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        fit = fit + 2 * self.pen[li] * (p[:, 4] ** 2 + p[:, 5] ** 2) if p.shape[1] > 5 else fit
+        var = np.maximum(yy - fit, 0.0) / dof
+        amp_err = np.sqrt(var * self.inv_diag[li, ti, 0])
+        pos_err = np.sqrt(var * self.inv_diag[li, ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        if details:
+            # the fitted coefficients and their variances for shot noise: pixel variance proportional to the
+            # fitted mean (Poisson, times one gain for all disks, from the residuals), propagated through
+            # the estimator's rows
+            mu = np.matmul(self.jac[ti], p[:, :, None].astype(np.float32))[:, :, 0]
+            r2 = (y - mu) ** 2
+            gain = float(np.median(r2.sum(1) / np.maximum(np.abs(mu).sum(1), 1e-12)))
+            sig2 = gain * np.maximum(np.abs(mu), 1e-6 * np.abs(mu).max())
+            rows = self.pinv[li, ti].astype(float)  # (m, K, P)
+            coef_var = np.einsum("mkp,mp->mk", rows**2, sig2)
+            return d, amp, amp_err, pos_err, {"p": p, "var": var, "coef_var": coef_var}
         return d, amp, amp_err, pos_err
 
     def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,
-               search: int, cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               search: int, cc: np.ndarray | None = None, details: bool = False) -> tuple:
         """Positions (m, 2), SNR and position error (px) of disks near `guess` in padded images ``img[idx]``.
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
@@ -189,6 +243,7 @@ class Locator:
         c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
         c1, frac = self.coarse(img, idx, c0, int(search), cc)
         c1 = np.clip(c1, lo + pad, hi + pad)
-        d, amp, amp_err, pos_err = self.refine(self._windows(img, idx, c1, self.half), frac)
+        out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
+        d, amp, amp_err, pos_err = out[:4]
         snr = amp / np.maximum(amp_err, 1e-12)
-        return c1 - pad + d, snr, pos_err
+        return (c1 - pad + d, snr, pos_err) + tuple(out[4:])

@@ -60,6 +60,8 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
+MIN_SLOPE_PRIOR = 0.02  # floor of the estimated content-slope prior (relative change across a radius)
+_PRIOR_PATTERNS = 64  # about this many patterns estimate the content-slope prior
 NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
 LOST_NONFINITE_FRACTION = 0.5  # a pattern with more non-finite pixels than this is lost
 SATURATION_MIN_HITS = 10  # the data maximum must occur this often to count as a clipping level
@@ -533,13 +535,54 @@ def _symmetrised(template: np.ndarray) -> np.ndarray:
     return np.interp(rho, centres, tot[ok] / cnt[ok]).reshape(template.shape)
 
 
-def _edge_locator(template: np.ndarray, radius: float, g_min: float) -> _diskfind.Locator:
+def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None
+                  ) -> _diskfind.Locator:
     """The content-robust locator: symmetric template times a quadratic content polynomial, a background
     plane, on a circular support reaching 2.5 px beyond the disk edge but stopping 0.5 px short of the
-    nearest neighbouring disk's edge."""
+    nearest neighbouring disk's edge; `slope_prior` (relative content change across a radius) sets the
+    prior of the linear content terms."""
     half = template.shape[0] // 2
     support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
-    return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support)
+    return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support,
+                             slope_prior=slope_prior, radius=radius)
+
+
+def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
+    """Empirical-Bayes width of the content-slope prior: RMS relative change of the disk contents across one
+    radius, from free fits of the disks of about 64 patterns spread over the scan (method of moments:
+    mean squared fitted slope minus its noise variance), at least :data:`MIN_SLOPE_PRIOR`."""
+    lost = prep["flaws"]["lost"]
+    n = len(lost)
+    idx = np.arange(0, n, max(1, n // _PRIOR_PATTERNS))
+    idx = idx[~lost[idx]]
+    if len(idx) == 0:
+        return MIN_SLOPE_PRIOR
+    pats = _cleaned(src.take(idx), prep["bad"])
+    half, limit, radius = locator.half, prep["limit"], prep["radius"]
+    search = int(np.ceil(prep["capture"]))
+    pad = half + search + 4
+    guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
+    m, d = guess.shape[:2]
+    pos, snr, _, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2), pad,
+                                      limit, search=search, details=True)
+    ok = (snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
+    if ok.sum() < 20:
+        return MIN_SLOPE_PRIOR
+    a0 = det["p"][ok, 0]
+    slope2 = (np.concatenate([det["p"][ok, 4], det["p"][ok, 5]]) * radius / np.tile(a0, 2)) ** 2
+    noise2 = np.concatenate([det["coef_var"][ok, 4], det["coef_var"][ok, 5]]) * (radius / np.tile(a0, 2)) ** 2
+    # robust moment: the prior variance f^2 at which the median of slope^2 / (f^2 + noise^2) is the chi^2(1)
+    # median 0.455 (a few mis-fitted disks do not inflate it); bisection in log f
+    def excess(f2):
+        return np.median(slope2 / (f2 + noise2)) - 0.4549
+
+    if excess(MIN_SLOPE_PRIOR**2) <= 0:
+        return MIN_SLOPE_PRIOR
+    lo, hi = np.log(MIN_SLOPE_PRIOR**2), np.log(100.0)
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if excess(np.exp(mid)) > 0 else (lo, mid)
+    return float(np.sqrt(np.exp(0.5 * (lo + hi))))
 
 
 # ----------------------------------------------------------------- main
@@ -751,7 +794,11 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     template, half, g_ref0 = prep["template"], prep["half"], prep["g_ref0"]
     origin_fit, c_mean, radius = prep["origin_fit"], prep["c_mean"], prep["radius"]
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
-    locator = _edge_locator(template, radius, prep["g_min"]) if method == "fast" else prep["fitter"]
+    locator, slope_prior = prep["fitter"], None
+    if method == "fast":
+        free = _edge_locator(template, radius, prep["g_min"])
+        slope_prior = _content_slope_prior(src, prep, free, snr_min)
+        locator = _edge_locator(template, radius, prep["g_min"], slope_prior)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
@@ -802,6 +849,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         "g1_xy_px": g_ref_px[:, 0].tolist(), "g2_xy_px": g_ref_px[:, 1].tolist(),
         "origin_mean_ky_kx_px": c_mean.tolist(), "window_px": 2 * half + 1,
         "capture_px": prep["capture"], "min_spacing_px": prep["min_spacing"], "snr_min": snr_min,
+        "content_slope_prior": np.nan if slope_prior is None else slope_prior,
         "n_lost_patterns": int(flaws["lost"].sum()), "n_excluded_detector_pixels": int(flaws["bad"].sum()),
     })
 
