@@ -61,7 +61,7 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
 MIN_SLOPE_PRIOR = 0.02  # floor of the estimated content-slope prior (relative change across a radius)
-_PRIOR_PATTERNS = 64  # about this many patterns estimate the content-slope prior
+_PRIOR_PAIRS = 32  # about this many pairs of neighbouring patterns estimate the content-slope prior
 NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
 LOST_NONFINITE_FRACTION = 0.5  # a pattern with more non-finite pixels than this is lost
 SATURATION_MIN_HITS = 10  # the data maximum must occur this often to count as a clipping level
@@ -548,15 +548,25 @@ def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior
 
 
 def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
-    """Empirical-Bayes width of the content-slope prior: RMS relative change of the disk contents across one
-    radius, from free fits of the disks of about 64 patterns spread over the scan (method of moments:
-    mean squared fitted slope minus its noise variance), at least :data:`MIN_SLOPE_PRIOR`."""
+    """Empirical-Bayes width of the content-slope prior (RMS relative change of the disk contents across one
+    radius), at least :data:`MIN_SLOPE_PRIOR`.
+
+    Free fits of the disks of about 32 pairs of neighbouring patterns (same row, adjacent columns) spread
+    over the scan: disk contents change slowly from one scan position to the next, the noise does not, so
+    half the mean square *difference* of a disk's fitted slope between the two patterns of a pair is the
+    noise variance, and the mean square slope minus that is the prior variance. Medians (scaled to
+    Gaussian mean squares) keep a few mis-fitted disks from inflating either.
+    """
     lost = prep["flaws"]["lost"]
-    n = len(lost)
-    idx = np.arange(0, n, max(1, n // _PRIOR_PATTERNS))
-    idx = idx[~lost[idx]]
-    if len(idx) == 0:
+    ny, nx = prep["scan_shape"]
+    if nx < 2:
         return MIN_SLOPE_PRIOR
+    first = np.arange(ny * nx).reshape(ny, nx)[:, :-1].ravel()
+    first = first[np.linspace(0, len(first) - 1, min(len(first), _PRIOR_PAIRS)).astype(int)]
+    first = first[~lost[first] & ~lost[first + 1]]
+    if len(first) < 4:
+        return MIN_SLOPE_PRIOR
+    idx = np.stack([first, first + 1], axis=1).ravel()
     pats = _cleaned(src.take(idx), prep["bad"])
     half, limit, radius = locator.half, prep["limit"], prep["radius"]
     search = int(np.ceil(prep["capture"]))
@@ -565,24 +575,16 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     m, d = guess.shape[:2]
     pos, snr, _, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2), pad,
                                       limit, search=search, details=True)
-    ok = (snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
-    if ok.sum() < 20:
+    ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
+    rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
+    both = ok[:, 0] & ok[:, 1]  # (pairs, d)
+    if both.sum() < 20:
         return MIN_SLOPE_PRIOR
-    a0 = det["p"][ok, 0]
-    slope2 = (np.concatenate([det["p"][ok, 4], det["p"][ok, 5]]) * radius / np.tile(a0, 2)) ** 2
-    noise2 = np.concatenate([det["coef_var"][ok, 4], det["coef_var"][ok, 5]]) * (radius / np.tile(a0, 2)) ** 2
-    # robust moment: the prior variance f^2 at which the median of slope^2 / (f^2 + noise^2) is the chi^2(1)
-    # median 0.455 (a few mis-fitted disks do not inflate it); bisection in log f
-    def excess(f2):
-        return np.median(slope2 / (f2 + noise2)) - 0.4549
-
-    if excess(MIN_SLOPE_PRIOR**2) <= 0:
-        return MIN_SLOPE_PRIOR
-    lo, hi = np.log(MIN_SLOPE_PRIOR**2), np.log(100.0)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if excess(np.exp(mid)) > 0 else (lo, mid)
-    return float(np.sqrt(np.exp(0.5 * (lo + hi))))
+    a, b = rel[:, 0][both], rel[:, 1][both]  # (k, 2)
+    gauss = 0.4549  # median of chi^2(1): median(z^2) / 0.4549 estimates a Gaussian variance robustly
+    noise2 = np.median(((a - b) ** 2).ravel()) / gauss / 2
+    total2 = np.median((0.5 * (a + b)) ** 2) / gauss  # the pair mean has noise variance noise2 / 2
+    return float(max(np.sqrt(max(total2 - noise2 / 2, 0.0)), MIN_SLOPE_PRIOR))
 
 
 # ----------------------------------------------------------------- main
@@ -698,7 +700,8 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
             "g_ref0": g_ref0, "hk": hk, "inner": inner, "origin_fit": origin_fit, "origin_obs": origin_obs,
             "coef": coef, "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "mean": mean,
             "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block,
-            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min, "flaws": flaws, "bad": bad}
+            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min, "flaws": flaws, "bad": bad,
+            "scan_shape": (ny, nx)}
 
 
 def measure_strain(datacube: object, *, reference: ArrayLike | None = None, probe: ArrayLike | None = None,
