@@ -66,7 +66,8 @@ def main():
     args = ap.parse_args()
     sim, region = wedge_scan(dose=args.dose, disks=args.disks, convergence_mrad=args.convergence)
     cube = sim.datacube.values
-    print(f"{args.disks} disks, {args.convergence:g} mrad, dose {args.dose:g}, scan {cube.shape[:2]}, thickness 20-60 nm")
+    print(f"{args.disks} disks, {args.convergence:g} mrad, dose {args.dose:g}, scan {cube.shape[:2]}, "
+          "thickness 20-60 nm")
     for method in args.methods.split(","):
         t0 = time.process_time()
         res = strain.measure_strain(cube, reference=region == 0, method=method,

@@ -45,7 +45,8 @@ def main():
     args = ap.parse_args()
     sim = particle_scan(dose=args.dose, disks=args.disks, convergence_mrad=args.convergence)
     cube = sim.datacube.values
-    print(f"P1, {args.disks} disks, {args.convergence:g} mrad, dose {args.dose:g}, scan {cube.shape[:2]}, {int(sim.mask.sum())} particle pixels")
+    print(f"P1, {args.disks} disks, {args.convergence:g} mrad, dose {args.dose:g}, scan {cube.shape[:2]}, "
+          f"{int(sim.mask.sum())} particle pixels")
     for method in args.methods.split(","):
         t0 = time.process_time()
         res = strain.measure_strain(cube, reference=sim.mask.values, method=method)

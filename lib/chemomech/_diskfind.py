@@ -187,7 +187,7 @@ class Locator:
         yy = np.einsum("mp,mp->m", y, y, dtype=float)
         li = np.zeros(m, int)
         dof = max(y.shape[1] - self.pinv.shape[2], 1)
-        last = n_iter + (self.prior is not None)
+        last = n_iter
         for it in range(last + 1):
             ij = np.clip(np.round(d / self.step).astype(int) + self.n_side, 0, side - 1)
             ti = ij[:, 0] * side + ij[:, 1]
@@ -200,7 +200,6 @@ class Locator:
                 lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
                 li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
                 li = np.where(amp > 0, li, len(self.levels) - 1)
-                continue
             if it == last:
                 break
             safe = amp > 0
