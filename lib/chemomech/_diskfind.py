@@ -35,9 +35,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 TABLE_STEP_PX = 1.0 / 16  # spacing of the precomputed trial shifts, px
 TABLE_REACH_PX = 1.0  # trial shifts cover [-reach, reach] around the coarse integer position, px
 #: Ridge levels of the content-slope prior, in units of the slope columns' own normal-matrix entry
-#: (half a decade apart: the chosen level is within a factor 1.8 of the disk's own penalty).
-PRIOR_LEVELS = 10.0 ** np.arange(-2.0, 2.01, 0.5)
-_PRIOR_DECADE = 0.5
+#: (a decade apart: the chosen level is within a factor 3.2 of the disk's own penalty).
+PRIOR_LEVELS = 10.0 ** np.arange(-2.0, 2.01, 1.0)
+_PRIOR_DECADE = 1.0  # log10 spacing of PRIOR_LEVELS
 
 
 class Locator:
@@ -60,7 +60,8 @@ class Locator:
     slope_prior : float, optional
         With ``content_order >= 1``: the expected relative change of the disk
         contents across one disk radius (RMS, per axis). The linear content
-        terms get a Gaussian prior of that width (ridge penalty
+        terms get a Gaussian prior of that width, the quadratic ones the same
+        over one radius (ridge penalty
         ``noise variance / (slope_prior * A / radius)^2``, chosen per disk from
         its fitted amplitude ``A`` and residual variance among
         :data:`PRIOR_LEVELS` precomputed tables): faint disks, whose contents
@@ -114,21 +115,29 @@ class Locator:
         # ridge levels on the two linear content terms (columns 4, 5): level 0 = none
         self.prior = None
         levels = [0.0]
-        if slope_prior is not None and content_order >= 1:
-            self.prior = (float(slope_prior) / float(radius)) ** 2  # variance of (slope / A) per px^2
+        if content_order >= 1:
             unit = float(np.mean(jtj[len(jtj) // 2, [4, 5], [4, 5]]))
             levels += list(unit * PRIOR_LEVELS)
+            self.set_prior(slope_prior, radius)
         self.levels = np.asarray(levels)
-        pen = np.zeros((len(levels), n_k, n_k))
-        if n_k > 5:
-            pen[:, 4, 4] = pen[:, 5, 5] = self.levels
-        inv = np.linalg.inv(jtj[None] + pen[:, None])  # (L, S, K, K)
+        # the prior of a quadratic content coefficient is the linear one's divided by the radius, so its
+        # penalty is radius^2 times larger at the same level
+        pen = np.zeros((len(levels), n_k))
+        if content_order >= 1:
+            pen[:, 4] = pen[:, 5] = self.levels
+        if content_order >= 2:
+            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2
+        inv = np.linalg.inv(jtj[None] + np.einsum("lk,kj->lkj", pen, np.eye(n_k))[:, None])  # (L, S, K, K)
         self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
         self.jtj = jtj
         self.jac = jac.astype(np.float32)
-        self.pen = self.levels if n_k > 5 else np.zeros(1)  # penalty on columns 4 and 5 per level
+        self.pen = pen  # (L, K) ridge penalty per level and coefficient
         self.inv_diag = np.diagonal(inv, axis1=2, axis2=3).copy()  # (L, S, K)
         self._fft_cache: dict = {}
+
+    def set_prior(self, slope_prior: float | None, radius: float = 1.0) -> None:
+        """Set (or, with None, remove) the content-slope prior; see the class parameters."""
+        self.prior = None if slope_prior is None else (float(slope_prior) / float(radius)) ** 2
 
     # ------------------------------------------------------------ coarse step
 
@@ -210,7 +219,7 @@ class Locator:
         d = s + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
         # residual of the (penalised) solution: |y - J p|^2 = yy - p'JtJ p - 2 p' Lambda p
         fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
-        fit = fit + 2 * self.pen[li] * (p[:, 4] ** 2 + p[:, 5] ** 2) if p.shape[1] > 5 else fit
+        fit = fit + 2 * np.einsum("mk,mk->m", self.pen[li], p**2)
         var = np.maximum(yy - fit, 0.0) / dof
         amp_err = np.sqrt(var * self.inv_diag[li, ti, 0])
         pos_err = np.sqrt(var * self.inv_diag[li, ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)

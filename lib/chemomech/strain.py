@@ -52,6 +52,7 @@ import scipy.fft as sfft
 import xarray as xr
 from numpy.typing import ArrayLike
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from . import _diskfind, _py4dstem, _validate, geometry
 
@@ -232,13 +233,16 @@ def _pass_sum(block: np.ndarray, start: int, ctx: dict) -> tuple:
     """
     block = np.asarray(block, dtype=np.float32)
     finite = np.isfinite(block)
-    frac_bad = 1.0 - finite.mean(axis=(1, 2))
-    clean = np.where(finite, block, 0.0).astype(np.float32)
-    lost = (frac_bad > LOST_NONFINITE_FRACTION) | np.all(clean == 0, axis=(1, 2))
-    good = clean[~lost]
+    if finite.all():
+        clean, frac_bad = block, np.zeros(len(block))
+    else:
+        frac_bad = 1.0 - finite.mean(axis=(1, 2))
+        clean = np.where(finite, block, 0.0).astype(np.float32)
+    lost = (frac_bad > LOST_NONFINITE_FRACTION) | ~np.any(clean, axis=(1, 2))
+    good = clean[~lost] if lost.any() else clean
     vmax = float(good.max()) if len(good) else -np.inf
     at_max = (good == vmax).sum(axis=0) if len(good) else np.zeros(block.shape[1:], int)
-    return (good.sum(axis=0, dtype=np.float64), np.square(good, dtype=np.float64).sum(axis=0),
+    return (good.sum(axis=0, dtype=np.float64), np.square(good).sum(axis=0, dtype=np.float64),
             (~finite[~lost]).sum(axis=0), at_max, vmax, clean.sum(axis=(1, 2), dtype=np.float64), lost)
 
 
@@ -468,7 +472,7 @@ def _reduced_basis(vectors: np.ndarray, min_len: float) -> np.ndarray:
     diff = (vectors[:, None, :] - vectors[None, :, :]).reshape(-1, 2)
     diff = diff[np.linalg.norm(diff, axis=1) > min_len]
     diff = np.where((diff[:, 1] < 0)[:, None] | ((diff[:, 1] == 0) & (diff[:, 0] < 0))[:, None], -diff, diff)
-    support = np.array([np.count_nonzero(np.linalg.norm(diff - d, axis=1) < 0.5 * min_len) for d in diff])
+    support = np.array([len(n) for n in cKDTree(diff).query_ball_point(diff, 0.5 * min_len)], dtype=int)
     if len(diff) < 2:
         return None
     good = diff[support >= max(3, 0.3 * support.max())]
@@ -810,9 +814,9 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
     locator, slope_prior = prep["fitter"], None
     if method == "fast":
-        free = _edge_locator(template, radius, prep["g_min"])
-        slope_prior = _content_slope_prior(src, prep, free, snr_min)
-        locator = _edge_locator(template, radius, prep["g_min"], slope_prior)
+        locator = _edge_locator(template, radius, prep["g_min"])  # no prior yet: free content fits
+        slope_prior = _content_slope_prior(src, prep, locator, snr_min)
+        locator.set_prior(slope_prior, radius)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
