@@ -9,9 +9,10 @@ their ratio (a ratio, not a pass/fail timer) and the accuracy of both against th
 truth: the RMS strain error per component, and the RMS error of the disk positions predicted by the
 fitted lattice against the true disk positions (px). py4DSTEM is imported before timing.
 
-The patterns have dynamical disks (multislice contents, ``disks="dynamical"``; 40 nm thick, tilted
-by (1.0, -0.6) mrad) unless ``--disks uniform`` is given; the plain template fit
-(``method="plain"``) is timed and scored alongside.
+The patterns have dynamical disks (multislice contents, ``disks="dynamical"``; thickness rising from
+20 nm on the left to 60 nm on the right, the left half being the reference; tilted by (1.0, -0.6)
+mrad) unless ``--disks uniform`` is given (60 nm everywhere); the plain template fit
+(``method="plain"``) is timed and scored alongside. ``--dose`` sets the electrons per pattern.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def main():
     _py4dstem._import()
     extra = {}
     if args.disks == "dynamical":
-        extra = {"thickness_nm": 40.0, "tilt_mrad": np.broadcast_to([1.0, -0.6], SCAN + (2,))}
+        # the issue's scenario: thickness rising 20 -> 60 nm across the scan (reference = left half)
+        extra = {"thickness_nm": np.linspace(20.0, 60.0, SCAN[1])[None].repeat(SCAN[0], 0),
+                 "tilt_mrad": np.broadcast_to([1.0, -0.6], SCAN + (2,))}
     sim = stem4d.simulate_uniform(exx=0.01, eyy=-0.005, exy=0.003, theta=0.0175, scan_shape=SCAN,
                                   reference_columns=SCAN[1] // 2, dose=args.dose, rng=0, disks=args.disks,
                                   **extra)

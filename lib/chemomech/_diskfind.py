@@ -60,8 +60,8 @@ class Locator:
     slope_prior : float, optional
         With ``content_order >= 1``: the expected relative change of the disk
         contents across one disk radius (RMS, per axis). The linear content
-        terms get a Gaussian prior of that width, the quadratic ones the same
-        over one radius (ridge penalty
+        terms get a Gaussian prior of that width, the quadratic ones
+        `curvature_ratio` times that over one radius (ridge penalty
         ``noise variance / (slope_prior * A / radius)^2``, chosen per disk from
         its fitted amplitude ``A`` and residual variance among
         :data:`PRIOR_LEVELS` precomputed tables): faint disks, whose contents
@@ -69,11 +69,14 @@ class Locator:
         bright ones with free contents (low bias). None: no prior.
     radius : float
         Disk radius, px (scales `slope_prior`).
+    curvature_ratio : float
+        Prior width of the quadratic content terms (their change across one
+        radius) relative to `slope_prior`.
     """
 
     def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX,
                  content_order: int = 0, background_order: int = 0, support_radius: float | None = None,
-                 slope_prior: float | None = None, radius: float = 1.0):
+                 slope_prior: float | None = None, radius: float = 1.0, curvature_ratio: float = 1.0):
         t = np.asarray(template, dtype=float)
         self.template = t
         self.w = t.shape[0]
@@ -126,7 +129,7 @@ class Locator:
         if content_order >= 1:
             pen[:, 4] = pen[:, 5] = self.levels
         if content_order >= 2:
-            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2
+            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2 / float(curvature_ratio) ** 2
         inv = np.linalg.inv(jtj[None] + np.einsum("lk,kj->lkj", pen, np.eye(n_k))[:, None])  # (L, S, K, K)
         self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
         self.jtj = jtj

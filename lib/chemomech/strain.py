@@ -16,8 +16,15 @@ Pipeline of :func:`measure_strain` (each step a small private function):
    (``method="fast"``, :mod:`chemomech._diskfind`) cross-correlates a chunk
    of patterns with the template in one real FFT, takes the correlation
    maximum in a small window around each prediction, and fits
-   ``I(q) ≈ A T(q - q0) + B`` by Gauss–Newton steps that are precomputed
-   matrix products, for all disks of the chunk at once. ``method="py4dstem"``
+   ``I(q) ≈ c(q - q0) T(q - q0) + B(q)`` by Gauss–Newton steps that are
+   precomputed matrix products, for all disks of the chunk at once: ``T`` is
+   the rotationally averaged template, ``c`` a quadratic polynomial (the disk
+   contents, which dynamical diffraction makes non-uniform), ``B`` a plane,
+   on a circular support that keeps neighbouring disks out, so the position
+   comes from the disk edge. The content slopes have a Gaussian prior whose
+   width is estimated from the data (pairs of neighbouring patterns), so faint
+   disks are fitted nearly as uniform ones. ``method="plain"`` fits a uniform
+   disk, ``I(q) ≈ A T(q - q0) + B``, on the whole window. ``method="py4dstem"``
    detects the disks with py4DSTEM's cross-correlation and DFT upsampling
    instead (``subpixel="multicorr"``, ``upsample_factor=16``), one pattern at
    a time.
@@ -545,8 +552,8 @@ def _symmetrised(template: np.ndarray) -> np.ndarray:
     return np.interp(rho, centres, tot[ok] / cnt[ok]).reshape(template.shape)
 
 
-def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None
-                  ) -> _diskfind.Locator:
+def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None,
+                  curvature_ratio: float = 1.0) -> _diskfind.Locator:
     """The content-robust locator of method "fast".
 
     Symmetric template times a quadratic content polynomial, plus a background plane, on a circular
@@ -557,13 +564,14 @@ def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior
     half = template.shape[0] // 2
     support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
     return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support,
-                             slope_prior=slope_prior, radius=radius)
+                             slope_prior=slope_prior, radius=radius, curvature_ratio=curvature_ratio)
 
 
 def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
-    """Empirical-Bayes width of the content-slope prior, at least :data:`MIN_SLOPE_PRIOR`.
+    """Empirical-Bayes widths of the content priors (linear, quadratic), each at least :data:`MIN_SLOPE_PRIOR`.
 
-    The width is the RMS relative change of the disk contents across one radius.
+    A width is the RMS relative change of the disk contents across one radius that the linear
+    (quadratic) terms make.
 
     Free fits of the disks of about 32 pairs of neighbouring patterns (same row, adjacent columns) spread
     over the scan: disk contents change slowly from one scan position to the next, the noise does not, so
@@ -574,12 +582,12 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     lost = prep["flaws"]["lost"]
     ny, nx = prep["scan_shape"]
     if nx < 2:
-        return MIN_SLOPE_PRIOR
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
     first = np.arange(ny * nx).reshape(ny, nx)[:, :-1].ravel()
     first = first[np.linspace(0, len(first) - 1, min(len(first), _PRIOR_PAIRS)).astype(int)]
     first = first[~lost[first] & ~lost[first + 1]]
     if len(first) < 4:
-        return MIN_SLOPE_PRIOR
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
     idx = np.stack([first, first + 1], axis=1).ravel()
     pats = _cleaned(src.take(idx), prep["bad"])
     half, limit, radius = locator.half, prep["limit"], prep["radius"]
@@ -593,12 +601,18 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
     both = ok[:, 0] & ok[:, 1]  # (pairs, d)
     if both.sum() < 20:
-        return MIN_SLOPE_PRIOR
-    a, b = rel[:, 0][both], rel[:, 1][both]  # (k, 2)
-    gauss = 0.4549  # median of chi^2(1): median(z^2) / 0.4549 estimates a Gaussian variance robustly
-    noise2 = np.median(((a - b) ** 2).ravel()) / gauss / 2
-    total2 = np.median((0.5 * (a + b)) ** 2) / gauss  # the pair mean has noise variance noise2 / 2
-    return float(max(np.sqrt(max(total2 - noise2 / 2, 0.0)), MIN_SLOPE_PRIOR))
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+    # the quadratic terms as the change they make across one radius
+    quad = (det["p"][:, 6:9] / np.maximum(det["p"][:, :1], 1e-12) * radius**2).reshape(-1, 2, d, 3)
+
+    def width(pairs: np.ndarray) -> float:
+        a, b = pairs[:, 0][both], pairs[:, 1][both]
+        gauss = 0.4549  # median of chi^2(1): median(z^2) / 0.4549 estimates a Gaussian variance robustly
+        noise2 = np.median(((a - b) ** 2).ravel()) / gauss / 2
+        total2 = np.median((0.5 * (a + b)) ** 2) / gauss  # the pair mean has noise variance noise2 / 2
+        return float(max(np.sqrt(max(total2 - noise2 / 2, 0.0)), MIN_SLOPE_PRIOR))
+
+    return width(rel), width(quad)
 
 
 # ----------------------------------------------------------------- main
@@ -741,8 +755,10 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         Rotation of the diffraction pattern relative to the scan, radians
         (a scan-frame vector ``g`` appears on the detector as ``R(rotation) g``).
     **options
-        ``method`` ("fast" | "py4dstem"; disk positions by batched template
-        fitting, or by py4DSTEM's correlation + DFT upsampling),
+        ``method`` ("fast" | "plain" | "py4dstem"; disk positions by batched
+        fits of the disk edge with free, smooth disk contents (robust to
+        dynamical contrast inside the disks), by batched fits of a uniform
+        disk template, or by py4DSTEM's correlation + DFT upsampling),
         ``min_disks`` (int, default 6), ``snr_min`` (float, default 4: disk
         amplitude over its standard error), ``upsample_factor`` (py4DSTEM,
         default 16), ``chunk`` (patterns per batch, default 256; a dask
@@ -759,9 +775,12 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         (measured pixels), ``n_disks`` (disks in the final fit),
         ``residual`` (RMS disk misfit, px), ``origin_ky, origin_kx`` (fitted
         descan, px). Attributes: ``g1``/``g2`` reference reciprocal basis (px,
-        scan frame x, y), ``origin_mean_ky_kx_px`` and the detection
+        scan frame x, y), ``origin_mean_ky_kx_px``, the detection
         parameters (``template_radius_px``, ``window_px``, ``capture_px``,
-        ``min_spacing_px``, ``snr_min``).
+        ``min_spacing_px``, ``snr_min``), ``content_slope_prior`` (method
+        "fast": estimated relative change of the disk contents across one
+        radius; NaN otherwise), ``n_lost_patterns`` and
+        ``n_excluded_detector_pixels``.
 
     Raises
     ------
@@ -812,11 +831,11 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     template, half, g_ref0 = prep["template"], prep["half"], prep["g_ref0"]
     origin_fit, c_mean, radius = prep["origin_fit"], prep["c_mean"], prep["radius"]
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
-    locator, slope_prior = prep["fitter"], None
+    locator, slope_prior, curvature_prior = prep["fitter"], None, None
     if method == "fast":
-        locator = _edge_locator(template, radius, prep["g_min"])  # no prior yet: free content fits
-        slope_prior = _content_slope_prior(src, prep, locator, snr_min)
-        locator.set_prior(slope_prior, radius)
+        free = _edge_locator(template, radius, prep["g_min"])  # no prior yet: free content fits
+        slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
+        locator = _edge_locator(template, radius, prep["g_min"], slope_prior, curvature_prior / slope_prior)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
@@ -868,6 +887,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         "origin_mean_ky_kx_px": c_mean.tolist(), "window_px": 2 * half + 1,
         "capture_px": prep["capture"], "min_spacing_px": prep["min_spacing"], "snr_min": snr_min,
         "content_slope_prior": np.nan if slope_prior is None else slope_prior,
+        "content_curvature_prior": np.nan if slope_prior is None else curvature_prior,
         "n_lost_patterns": int(flaws["lost"].sum()), "n_excluded_detector_pixels": int(flaws["bad"].sum()),
     })
 
