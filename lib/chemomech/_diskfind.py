@@ -134,6 +134,13 @@ class Locator:
         self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
         self.jtj = jtj
         self.jac = jac.astype(np.float32)
+        # detection: the uniform-disk model (first four columns) on the whole window, so that the SNR means
+        # the same (disk amplitude over its standard error) whatever the content model and support
+        jac4 = np.stack(cols[:4], axis=2)  # (S, P_window, 4)
+        self.jtj4 = np.matmul(jac4.transpose(0, 2, 1), jac4)
+        inv4 = np.linalg.inv(self.jtj4)
+        self.pinv4 = np.matmul(inv4, jac4.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P_window)
+        self.amp_var = inv4[:, 0, 0].copy()  # (S,)
         self.pen = pen  # (L, K) ridge penalty per level and coefficient
         self.inv_diag = np.diagonal(inv, axis1=2, axis2=3).copy()  # (L, S, K)
         self._fft_cache: dict = {}
@@ -191,9 +198,14 @@ class Locator:
     # ------------------------------------------------------------ fine step
 
     def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2, details: bool = False):
-        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W)."""
+        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W).
+
+        The amplitude and its error are those of the uniform-disk model on the same support (the detection
+        SNR), whatever the content model; the position and its error come from the full model.
+        """
         m = len(patches)
-        y = patches.reshape(m, -1)[:, self.support].astype(np.float32, copy=False)
+        y_full = patches.reshape(m, -1).astype(np.float32, copy=False)
+        y = y_full[:, self.support]
         d = np.clip(start, -self.grid[-1], self.grid[-1])
         side = 2 * self.n_side + 1
         yy = np.einsum("mp,mp->m", y, y, dtype=float)
@@ -224,8 +236,13 @@ class Locator:
         fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
         fit = fit + 2 * np.einsum("mk,mk->m", self.pen[li], p**2)
         var = np.maximum(yy - fit, 0.0) / dof
-        amp_err = np.sqrt(var * self.inv_diag[li, ti, 0])
         pos_err = np.sqrt(var * self.inv_diag[li, ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        # reported amplitude and its error: the uniform-disk model's on the whole window at the final shift
+        # (identical to the fit above when there are no content terms and no support)
+        p4 = np.matmul(self.pinv4[ti], y_full[:, :, None])[:, :, 0].astype(float)
+        yy4 = np.einsum("mp,mp->m", y_full, y_full, dtype=float)
+        var4 = np.maximum(yy4 - np.einsum("mi,mij,mj->m", p4, self.jtj4[ti], p4), 0.0) / max(y_full.shape[1] - 4, 1)
+        amp, amp_err = p4[:, 0], np.sqrt(var4 * self.amp_var[ti])
         if details:
             # the fitted coefficients and their variances for shot noise: pixel variance proportional to the
             # fitted mean (Poisson, times one gain for all disks, from the residuals), propagated through
