@@ -3,10 +3,12 @@
 Each flaw is put into a copy of one clean simulated scan (the twin's uniform-disk datacube, 1e5 e- per
 pattern); the flawed result is compared with the clean one on the unaffected pixels. Tolerance: the
 issue's acceptance, region medians within 10 % of the clean result's error (|median - truth|), with a
-floor: the standard error of the reference region's median in the clean result (1.2533 s / sqrt(n),
-s the pixel scatter there). Every strain is relative to that median, so any change of the pixels or
-disks that enter it (a lost reference pattern, a disk dropped next to a dead column) moves every
-region by up to about that much; the clean error itself can be ~0.
+statistical floor, since the clean error itself can be ~0 by chance: twice the standard error of
+the difference of two region medians (strained minus reference, 1.2533 s / sqrt(n) each, s the
+clean pixel scatter). Every strain is relative to the reference median, and any change of the
+patterns or disks that enter the fits (a lost reference pattern, the disks dropped next to a dead
+column or a saturated pixel) re-draws part of the noise of both medians; measured, merely replacing
+one detector column by its neighbour's values moves the medians by up to 4e-5 on this scan.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def _check_medians(res, clean_res, sim, use):
     for k in KEYS:
         truth = float(sim[k].values[sel][0])
         clean_err = abs(np.nanmedian(clean_res[k].values[sel]) - truth)
-        se_ref = 1.2533 * np.nanstd(clean_res[k].values[ref]) / np.sqrt(ref.sum())
+        se = [1.2533 * np.nanstd(clean_res[k].values[r]) / np.sqrt(r.sum()) for r in (ref, sel)]
+        floor = 2 * float(np.hypot(*se))
         diff = abs(np.nanmedian(res[k].values[sel]) - np.nanmedian(clean_res[k].values[sel]))
-        assert diff <= max(0.1 * clean_err, se_ref), (k, diff, clean_err, se_ref)
+        assert diff <= max(0.1 * clean_err, floor), (k, diff, clean_err, floor)
 
 
 @pytest.mark.parametrize("kind", ["nan", "zero"])

@@ -242,7 +242,9 @@ class Locator:
         p4 = np.matmul(self.pinv4[ti], y_full[:, :, None])[:, :, 0].astype(float)
         yy4 = np.einsum("mp,mp->m", y_full, y_full, dtype=float)
         var4 = np.maximum(yy4 - np.einsum("mi,mij,mj->m", p4, self.jtj4[ti], p4), 0.0) / max(y_full.shape[1] - 4, 1)
+        fit_snr = amp / np.maximum(np.sqrt(var * self.inv_diag[li, ti, 0]), 1e-12)  # the full model's
         amp, amp_err = p4[:, 0], np.sqrt(var4 * self.amp_var[ti])
+        self.last_fit_snr = fit_snr
         if details:
             # the fitted coefficients and their variances for shot noise: pixel variance proportional to the
             # fitted mean (Poisson, times one gain for all disks, from the residuals), propagated through
@@ -257,7 +259,7 @@ class Locator:
         return d, amp, amp_err, pos_err
 
     def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,
-               search: int, cc: np.ndarray | None = None, details: bool = False) -> tuple:
+               search: int, cc: np.ndarray | None = None, details: bool = False, fit_snr: bool = False) -> tuple:
         """Positions (m, 2), SNR and position error (px) of disks near `guess` in padded images ``img[idx]``.
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
@@ -274,4 +276,6 @@ class Locator:
         out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
         d, amp, amp_err, pos_err = out[:4]
         snr = amp / np.maximum(amp_err, 1e-12)
+        if fit_snr:  # also the amplitude SNR under the full (content) model
+            return (c1 - pad + d, snr, pos_err, self.last_fit_snr) + tuple(out[4:])
         return (c1 - pad + d, snr, pos_err) + tuple(out[4:])

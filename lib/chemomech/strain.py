@@ -68,6 +68,7 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
+FIT_SNR_MIN = 4.0  # a disk must also reach this amplitude SNR under the fitted (content) model
 MIN_SLOPE_PRIOR = 0.02  # floor of the estimated content-slope prior (relative change across a radius)
 _PRIOR_PAIRS = 32  # about this many pairs of neighbouring patterns estimate the content-slope prior
 NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
@@ -361,10 +362,12 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
             h_s = hk[sel]
             guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
             if ctx["method"] != "py4dstem":
-                pos, snr, perr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
-                                            pad, limit, search=search, cc=cc)
+                pos, snr, perr, fsnr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
+                                                  pad, limit, search=search, cc=cc, fit_snr=True)
                 pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
                 found = (snr > ctx["snr_min"]) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
+                # and measurable under the fitted model itself (with free contents, faint disks are not)
+                found &= fsnr.reshape(m, -1) > min(ctx["snr_min"], FIT_SNR_MIN)
                 found &= np.linalg.norm(pos - guess, axis=-1) < capture
                 weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
             else:
@@ -595,8 +598,8 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     pad = half + search + 4
     guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
     m, d = guess.shape[:2]
-    pos, snr, _, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2), pad,
-                                      limit, search=search, details=True)
+    pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
+                                         pad, limit, search=search, details=True, fit_snr=True)
     ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
     rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
     both = ok[:, 0] & ok[:, 1]  # (pairs, d)
