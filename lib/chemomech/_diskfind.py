@@ -72,11 +72,14 @@ class Locator:
     curvature_ratio : float
         Prior width of the quadratic content terms (their change across one
         radius) relative to `slope_prior`.
+    prior_levels : bool
+        Precompute the ridge tables (False: free content fits only).
     """
 
     def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX,
                  content_order: int = 0, background_order: int = 0, support_radius: float | None = None,
-                 slope_prior: float | None = None, radius: float = 1.0, curvature_ratio: float = 1.0):
+                 slope_prior: float | None = None, radius: float = 1.0, curvature_ratio: float = 1.0,
+                 prior_levels: bool = True):
         t = np.asarray(template, dtype=float)
         self.template = t
         self.w = t.shape[0]
@@ -118,7 +121,7 @@ class Locator:
         # ridge levels on the two linear content terms (columns 4, 5): level 0 = none
         self.prior = None
         levels = [0.0]
-        if content_order >= 1:
+        if content_order >= 1 and prior_levels:
             unit = float(np.mean(jtj[len(jtj) // 2, [4, 5], [4, 5]]))
             levels += list(unit * PRIOR_LEVELS)
             self.set_prior(slope_prior, radius)

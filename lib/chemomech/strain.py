@@ -556,7 +556,7 @@ def _symmetrised(template: np.ndarray) -> np.ndarray:
 
 
 def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None,
-                  curvature_ratio: float = 1.0) -> _diskfind.Locator:
+                  curvature_ratio: float = 1.0, prior_levels: bool = True) -> _diskfind.Locator:
     """The content-robust locator of method "fast".
 
     Symmetric template times a quadratic content polynomial, plus a background plane, on a circular
@@ -567,7 +567,8 @@ def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior
     half = template.shape[0] // 2
     support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
     return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support,
-                             slope_prior=slope_prior, radius=radius, curvature_ratio=curvature_ratio)
+                             slope_prior=slope_prior, radius=radius, curvature_ratio=curvature_ratio,
+                             prior_levels=prior_levels)
 
 
 def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
@@ -836,7 +837,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
     locator, slope_prior, curvature_prior = prep["fitter"], None, None
     if method == "fast":
-        free = _edge_locator(template, radius, prep["g_min"])  # no prior yet: free content fits
+        free = _edge_locator(template, radius, prep["g_min"], prior_levels=False)  # free content fits
         slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
         locator = _edge_locator(template, radius, prep["g_min"], slope_prior, curvature_prior / slope_prior)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
