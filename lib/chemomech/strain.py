@@ -631,7 +631,11 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     # 1. template and central disk of the mean pattern (pass 1 over the data)
     sums = src.map(_pass_sum, {}, progress=progress, desc="mean pattern")
     flaws = _find_flaws(sums, n, (dky, dkx))
-    bad = flaws["bad"] if flaws["bad"].any() else None
+    # dead and hot pixels are filled in from their neighbours; saturated ones keep their (clipped) values,
+    # which still outline the disk, since filling a saturated disk centre from its saturated neighbours
+    # would dent it; disks near any of them are left out of the fits (near_bad)
+    fill = flaws["dead"] | flaws["hot"]
+    bad = fill if fill.any() else None
     mean = _cleaned(flaws["mean"][None], bad)[0].astype(float)
     totals = np.concatenate([z[5] for z in sums])
     lost = flaws["lost"]
@@ -798,9 +802,11 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     Imperfect data are measured rather than refused: patterns that are all
     NaN/inf, mostly non-finite or all zero come back unmeasured (``mask``
     False, strain NaN); dead, hot and saturated detector pixels are found from
-    the mean and variance patterns (and the clipping level), replaced by their
-    neighbours' mean for the correlations and templates, and every disk whose
-    fit window holds one is left out of the lattice fits.
+    the mean and variance patterns (and the clipping level); dead and hot ones
+    are replaced by their neighbours' mean for the correlations and templates
+    (saturated ones keep their clipped values, which still outline the disk),
+    and every disk whose fit window holds any of them is left out of the
+    lattice fits.
     :func:`diagnostics` lists what was found (``flaws``); the result's
     attributes count it (``n_lost_patterns``, ``n_excluded_detector_pixels``).
     Dark-subtracted data with small negative counts are fine.
@@ -844,7 +850,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
            "snr_min": snr_min, "min_disks": min_disks, "bad": prep["bad"],
-           "near_bad": _near(prep["bad"], half + 1.0)}
+           "near_bad": _near(prep["flaws"]["bad"] if prep["flaws"]["bad"].any() else None, half + 1.0)}
     if method == "py4dstem":
         kernel = np.zeros((dky, dkx))
         kernel[:template.shape[0], :template.shape[1]] = template
@@ -922,8 +928,8 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
         descan-corrected mean pattern) with their ``lattice_hk``; ``disks``
         (one (m, 2) array of (ky, kx) per requested pattern, detected disks only)
         and ``disk_snr`` (SNR of every predicted disk of those patterns);
-        ``flaws``: what was found wrong with the data and left out of every
-        template and fit: ``lost`` ((ny, nx) bool: patterns all NaN/inf,
+        ``flaws``: what was found wrong with the data and left out of the
+        fits: ``lost`` ((ny, nx) bool: patterns all NaN/inf,
         mostly non-finite or all zero; returned unmeasured), ``dead``, ``hot``,
         ``saturated`` and their union ``bad`` ((ky, kx) bool detector masks,
         from the mean and variance patterns; saturated = pixels that reach a
