@@ -3,9 +3,9 @@
 Run single-threaded:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strain_dynamical.py [--dose 1e5] [--disks dynamical]
 
-A scan of 8 x 32 patterns (300 kV, 0.8 mrad, 128 x 128 px) whose thickness rises linearly from 20 nm
+A scan of 8 x 32 patterns (300 kV, 0.4 mrad unless --convergence, 128 x 128 px) whose thickness rises from 20 nm
 (left) to 60 nm (right); the left 4 columns are the zero-strain reference, the next 7 blocks of 4
-columns carry one homogeneous state each (exx ±1 %, eyy ±1 %, exy ±0.5 %, theta 1°... see STATES).
+columns carry one homogeneous state each (exx ±1 %, eyy ±1 %, exy ±0.5 %, theta 1°: STATES).
 Prints, per method, the worst region-median error and the pixel RMS error over the strained blocks.
 """
 

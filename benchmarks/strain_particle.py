@@ -3,9 +3,9 @@
 Run single-threaded:
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/strain_particle.py [--dose 1e4] [--disks dynamical]
 
-Simulates particle P1 of the twin on a 40 x 48 scan (128 x 128 detector, 300 kV, 0.8 mrad) and prints, per
-method, the fraction of particle pixels measured and the pixel RMS strain error (relative to the
-reference region: the 25 % of particle pixels nearest the mean lattice... see `reference_mask`).
+Simulates particle P1 of the twin on a 40 x 48 scan (128 x 128 detector, 300 kV, 0.4 mrad unless
+--convergence) and prints, per method, the fraction of particle pixels measured and the pixel RMS strain
+error relative to the truth, both referred to the median lattice of the whole particle.
 """
 
 from __future__ import annotations
