@@ -34,12 +34,52 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 TABLE_STEP_PX = 1.0 / 16  # spacing of the precomputed trial shifts, px
 TABLE_REACH_PX = 1.0  # trial shifts cover [-reach, reach] around the coarse integer position, px
+#: Ridge levels of the content-slope prior, in units of the slope columns' own normal-matrix entry
+#: (a decade apart: the chosen level is within a factor 3.2 of the disk's own penalty).
+PRIOR_LEVELS = 10.0 ** np.arange(-2.0, 2.01, 1.0)
+_PRIOR_DECADE = 1.0  # log10 spacing of PRIOR_LEVELS
 
 
 class Locator:
-    """Sub-pixel disk locator for one square template (odd width ``W``)."""
+    """Sub-pixel disk locator for one square template (odd width ``W``).
 
-    def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX):
+    Parameters
+    ----------
+    template : numpy.ndarray
+        ``(W, W)`` disk template, centred on the middle pixel.
+    content_order : {0, 1, 2}
+        Degree of the polynomial that multiplies the template inside the disk
+        (0: a uniform disk, the plain template fit; 1 or 2: a disk whose
+        contents vary linearly / quadratically across it, so that only the
+        disk edge carries the position).
+    background_order : {0, 1}
+        Degree of the background polynomial (constant, or a plane).
+    support_radius : float, optional
+        Only pixels within this distance (px) of the window centre enter the
+        fine fit (keeps neighbouring disks out); default the whole window.
+    slope_prior : float, optional
+        With ``content_order >= 1``: the expected relative change of the disk
+        contents across one disk radius (RMS, per axis). The linear content
+        terms get a Gaussian prior of that width, the quadratic ones
+        `curvature_ratio` times that over one radius (ridge penalty
+        ``noise variance / (slope_prior * A / radius)^2``, chosen per disk from
+        its fitted amplitude ``A`` and residual variance among
+        :data:`PRIOR_LEVELS` precomputed tables): faint disks, whose contents
+        the data cannot resolve, are fitted nearly as uniform disks (low noise),
+        bright ones with free contents (low bias). None: no prior.
+    radius : float
+        Disk radius, px (scales `slope_prior`).
+    curvature_ratio : float
+        Prior width of the quadratic content terms (their change across one
+        radius) relative to `slope_prior`.
+    prior_levels : bool
+        Precompute the ridge tables (False: free content fits only).
+    """
+
+    def __init__(self, template: np.ndarray, *, step: float = TABLE_STEP_PX, reach: float = TABLE_REACH_PX,
+                 content_order: int = 0, background_order: int = 0, support_radius: float | None = None,
+                 slope_prior: float | None = None, radius: float = 1.0, curvature_ratio: float = 1.0,
+                 prior_levels: bool = True):
         t = np.asarray(template, dtype=float)
         self.template = t
         self.w = t.shape[0]
@@ -58,14 +98,59 @@ class Locator:
         ty = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, :, None]).real
         tx = sfft.ifft2(ts_hat * (2j * np.pi * f)[None, None, :]).real
         n_s, npx = len(sy), self.w * self.w
-        jac = np.stack([ts.reshape(n_s, npx), np.ones((n_s, npx)), -ty.reshape(n_s, npx),
-                        -tx.reshape(n_s, npx)], axis=2)  # (S, P, 4)
+        yy, xx = np.mgrid[-self.half:self.half + 1, -self.half:self.half + 1].astype(float)
+        if support_radius is None:
+            support = np.ones(npx, bool)
+        else:
+            support = (np.hypot(yy, xx) <= float(support_radius)).ravel()
+        self.support = support
+        # offsets from the trial centre s, for the content and background polynomials
+        uy = yy.ravel()[None, :] - sy[:, None]
+        ux = xx.ravel()[None, :] - sx[:, None]
+        tsf = ts.reshape(n_s, npx)
+        cols = [tsf, np.ones((n_s, npx)), -ty.reshape(n_s, npx), -tx.reshape(n_s, npx)]
+        if content_order >= 1:
+            cols += [uy * tsf, ux * tsf]
+        if content_order >= 2:
+            cols += [uy * uy * tsf, ux * ux * tsf, uy * ux * tsf]
+        if background_order >= 1:
+            cols += [uy, ux]
+        jac = np.stack(cols, axis=2)[:, support, :]  # (S, P_support, K)
         jtj = np.matmul(jac.transpose(0, 2, 1), jac)
-        inv = np.linalg.inv(jtj)
-        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P)
+        n_k = jac.shape[2]
+        # ridge levels on the two linear content terms (columns 4, 5): level 0 = none
+        self.prior = None
+        levels = [0.0]
+        if content_order >= 1 and prior_levels:
+            unit = float(np.mean(jtj[len(jtj) // 2, [4, 5], [4, 5]]))
+            levels += list(unit * PRIOR_LEVELS)
+            self.set_prior(slope_prior, radius)
+        self.levels = np.asarray(levels)
+        # the prior of a quadratic content coefficient is the linear one's divided by the radius, so its
+        # penalty is radius^2 times larger at the same level
+        pen = np.zeros((len(levels), n_k))
+        if content_order >= 1:
+            pen[:, 4] = pen[:, 5] = self.levels
+        if content_order >= 2:
+            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2 / float(curvature_ratio) ** 2
+        inv = np.linalg.inv(jtj[None] + np.einsum("lk,kj->lkj", pen, np.eye(n_k))[:, None])  # (L, S, K, K)
+        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
         self.jtj = jtj
-        self.inv_diag = np.diagonal(inv, axis1=1, axis2=2).copy()  # (S, 4)
+        self.jac = jac.astype(np.float32)
+        # detection: the uniform-disk model (first four columns) on the whole window, so that the SNR means
+        # the same (disk amplitude over its standard error) whatever the content model and support
+        jac4 = np.stack(cols[:4], axis=2)  # (S, P_window, 4)
+        self.jtj4 = np.matmul(jac4.transpose(0, 2, 1), jac4)
+        inv4 = np.linalg.inv(self.jtj4)
+        self.pinv4 = np.matmul(inv4, jac4.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P_window)
+        self.amp_var = inv4[:, 0, 0].copy()  # (S,)
+        self.pen = pen  # (L, K) ridge penalty per level and coefficient
+        self.inv_diag = np.diagonal(inv, axis1=2, axis2=3).copy()  # (L, S, K)
         self._fft_cache: dict = {}
+
+    def set_prior(self, slope_prior: float | None, radius: float = 1.0) -> None:
+        """Set (or, with None, remove) the content-slope prior; see the class parameters."""
+        self.prior = None if slope_prior is None else (float(slope_prior) / float(radius)) ** 2
 
     # ------------------------------------------------------------ coarse step
 
@@ -115,34 +200,69 @@ class Locator:
 
     # ------------------------------------------------------------ fine step
 
-    def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2):
-        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W)."""
+    def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2, details: bool = False):
+        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W).
+
+        The amplitude and its error are those of the uniform-disk model on the same support (the detection
+        SNR), whatever the content model; the position and its error come from the full model.
+        """
         m = len(patches)
-        y = patches.reshape(m, -1).astype(np.float32, copy=False)
+        y_full = patches.reshape(m, -1).astype(np.float32, copy=False)
+        y = y_full[:, self.support]
         d = np.clip(start, -self.grid[-1], self.grid[-1])
         side = 2 * self.n_side + 1
-        for it in range(n_iter + 1):
+        yy = np.einsum("mp,mp->m", y, y, dtype=float)
+        li = np.zeros(m, int)
+        dof = max(y.shape[1] - self.pinv.shape[2], 1)
+        last = n_iter
+        for it in range(last + 1):
             ij = np.clip(np.round(d / self.step).astype(int) + self.n_side, 0, side - 1)
             ti = ij[:, 0] * side + ij[:, 1]
-            p = np.matmul(self.pinv[ti], y[:, :, None])[:, :, 0].astype(float)  # (m, 4): A, B, A dy, A dx
+            p = np.matmul(self.pinv[li, ti], y[:, :, None])[:, :, 0].astype(float)  # (m, K): A, B, A dy, A dx, ...
             amp = p[:, 0]
-            if it == n_iter:
+            if it == 0 and self.prior is not None:
+                # per-disk ridge level: noise variance / prior variance of the content slopes
+                var0 = np.maximum(yy - np.einsum("mi,mij,mj->m", p, self.jtj[ti], p), 0.0) / dof
+                lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
+                lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
+                li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
+                li = np.where(amp > 0, li, len(self.levels) - 1)
+            if it == last:
                 break
             safe = amp > 0
             s = self.grid[ij]
-            d_new = s + p[:, 2:] / np.where(safe, amp, 1.0)[:, None]
+            d_new = s + p[:, 2:4] / np.where(safe, amp, 1.0)[:, None]
             d = np.where(safe[:, None], np.clip(d_new, -self.grid[-1], self.grid[-1]), d)
         s = self.grid[ij]
-        d = s + p[:, 2:] / np.where(amp > 0, amp, 1.0)[:, None]
-        yy = np.einsum("mp,mp->m", y, y, dtype=float)
+        d = s + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
+        # residual of the (penalised) solution: |y - J p|^2 = yy - p'JtJ p - 2 p' Lambda p
         fit = np.einsum("mi,mij,mj->m", p, self.jtj[ti], p)
-        var = np.maximum(yy - fit, 0.0) / max(y.shape[1] - 4, 1)
-        amp_err = np.sqrt(var * self.inv_diag[ti, 0])
-        pos_err = np.sqrt(var * self.inv_diag[ti, 2:].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        fit = fit + 2 * np.einsum("mk,mk->m", self.pen[li], p**2)
+        var = np.maximum(yy - fit, 0.0) / dof
+        pos_err = np.sqrt(var * self.inv_diag[li, ti, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        # reported amplitude and its error: the uniform-disk model's on the whole window at the final shift
+        # (identical to the fit above when there are no content terms and no support)
+        p4 = np.matmul(self.pinv4[ti], y_full[:, :, None])[:, :, 0].astype(float)
+        yy4 = np.einsum("mp,mp->m", y_full, y_full, dtype=float)
+        var4 = np.maximum(yy4 - np.einsum("mi,mij,mj->m", p4, self.jtj4[ti], p4), 0.0) / max(y_full.shape[1] - 4, 1)
+        fit_snr = amp / np.maximum(np.sqrt(var * self.inv_diag[li, ti, 0]), 1e-12)  # the full model's
+        amp, amp_err = p4[:, 0], np.sqrt(var4 * self.amp_var[ti])
+        self.last_fit_snr = fit_snr
+        if details:
+            # the fitted coefficients and their variances for shot noise: pixel variance proportional to the
+            # fitted mean (Poisson, times one gain for all disks, from the residuals), propagated through
+            # the estimator's rows
+            mu = np.matmul(self.jac[ti], p[:, :, None].astype(np.float32))[:, :, 0]
+            r2 = (y - mu) ** 2
+            gain = float(np.median(r2.sum(1) / np.maximum(np.abs(mu).sum(1), 1e-12)))
+            sig2 = gain * np.maximum(np.abs(mu), 1e-6 * np.abs(mu).max())
+            rows = self.pinv[li, ti].astype(float)  # (m, K, P)
+            coef_var = np.einsum("mkp,mp->mk", rows**2, sig2)
+            return d, amp, amp_err, pos_err, {"p": p, "var": var, "coef_var": coef_var}
         return d, amp, amp_err, pos_err
 
     def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,
-               search: int, cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               search: int, cc: np.ndarray | None = None, details: bool = False, fit_snr: bool = False) -> tuple:
         """Positions (m, 2), SNR and position error (px) of disks near `guess` in padded images ``img[idx]``.
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
@@ -156,6 +276,9 @@ class Locator:
         c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
         c1, frac = self.coarse(img, idx, c0, int(search), cc)
         c1 = np.clip(c1, lo + pad, hi + pad)
-        d, amp, amp_err, pos_err = self.refine(self._windows(img, idx, c1, self.half), frac)
+        out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
+        d, amp, amp_err, pos_err = out[:4]
         snr = amp / np.maximum(amp_err, 1e-12)
-        return c1 - pad + d, snr, pos_err
+        if fit_snr:  # also the amplitude SNR under the full (content) model
+            return (c1 - pad + d, snr, pos_err, self.last_fit_snr) + tuple(out[4:])
+        return (c1 - pad + d, snr, pos_err) + tuple(out[4:])

@@ -16,8 +16,15 @@ Pipeline of :func:`measure_strain` (each step a small private function):
    (``method="fast"``, :mod:`chemomech._diskfind`) cross-correlates a chunk
    of patterns with the template in one real FFT, takes the correlation
    maximum in a small window around each prediction, and fits
-   ``I(q) ≈ A T(q - q0) + B`` by Gauss–Newton steps that are precomputed
-   matrix products, for all disks of the chunk at once. ``method="py4dstem"``
+   ``I(q) ≈ c(q - q0) T(q - q0) + B(q)`` by Gauss–Newton steps that are
+   precomputed matrix products, for all disks of the chunk at once: ``T`` is
+   the rotationally averaged template, ``c`` a quadratic polynomial (the disk
+   contents, which dynamical diffraction makes non-uniform), ``B`` a plane,
+   on a circular support that keeps neighbouring disks out, so the position
+   comes from the disk edge. The content slopes have a Gaussian prior whose
+   width is estimated from the data (pairs of neighbouring patterns), so faint
+   disks are fitted nearly as uniform ones. ``method="plain"`` fits a uniform
+   disk, ``I(q) ≈ A T(q - q0) + B``, on the whole window. ``method="py4dstem"``
    detects the disks with py4DSTEM's cross-correlation and DFT upsampling
    instead (``subpixel="multicorr"``, ``upsample_factor=16``), one pattern at
    a time.
@@ -52,6 +59,7 @@ import scipy.fft as sfft
 import xarray as xr
 from numpy.typing import ArrayLike
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from . import _diskfind, _py4dstem, _validate, geometry
 
@@ -59,6 +67,14 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
            "reference_transform"]
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
+EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
+FIT_SNR_MIN = 4.0  # a disk must also reach this amplitude SNR under the fitted (content) model
+MIN_SLOPE_PRIOR = 0.02  # floor of the estimated content-slope prior (relative change across a radius)
+_PRIOR_PAIRS = 32  # about this many pairs of neighbouring patterns estimate the content-slope prior
+NEIGHBOUR_GAP_PX = 0.5  # ... but stays this far inside the nearest neighbouring disk's edge, px
+LOST_NONFINITE_FRACTION = 0.5  # a pattern with more non-finite pixels than this is lost
+SATURATION_MIN_HITS = 10  # the data maximum must occur this often to count as a clipping level
+MAX_BAD_PIXEL_FRACTION = 0.25  # more excluded detector pixels than this: refuse to measure
 _TEMPLATE_PATTERNS = 100  # about this many direct-beam patches are averaged into the template (probe=None)
 _STRAIN_META = {
     "exx": ("1", "strain exx (image frame)"),
@@ -100,17 +116,9 @@ def _as_array(datacube: object, *, lazy: bool = False) -> tuple[object, dict]:
             arr = arr.compute()
     if not _is_dask(arr):
         arr = _validate.array(arr, name="datacube", ndim=4, dtype_kind="biuf")
-        if not lazy:  # the lazy path checks every chunk in its first pass
-            _check_finite(arr)
     if min(arr.shape[2:]) < 16:
         raise ValueError(f"datacube patterns must be at least 16 x 16 pixels, got {arr.shape[2:]}")
     return (arr if _is_dask(arr) else arr.astype(np.float32, copy=False)), coords
-
-
-def _check_finite(block: np.ndarray) -> None:
-    if block.dtype.kind == "f" and not np.all(np.isfinite(block)):
-        raise ValueError("datacube must contain only finite values; found NaN or inf "
-                         "(replace dead pixels, e.g. by the median of their neighbours)")
 
 
 # ----------------------------------------------------------------- chunked execution
@@ -225,14 +233,87 @@ def _sub_batches(block: np.ndarray, chunk: int):
 
 
 def _pass_sum(block: np.ndarray, start: int, ctx: dict) -> tuple:
-    """Pass 1: sum pattern (float64) and total counts per pattern; checks finiteness."""
-    block = np.asarray(block)
-    _check_finite(block)
-    return block.sum(axis=0, dtype=np.float64), block.sum(axis=(1, 2), dtype=np.float64)
+    """Pass 1: statistics of the usable patterns and which patterns are lost.
+
+    Returns the sum and sum of squares (float64) over usable patterns, per-pixel counts of non-finite
+    values and of values equal to the block maximum, the block maximum, totals per pattern and the
+    lost flags (all non-finite, mostly non-finite, or all zero).
+    """
+    block = np.asarray(block, dtype=np.float32)
+    finite = np.isfinite(block)
+    if finite.all():
+        clean, frac_bad = block, np.zeros(len(block))
+    else:
+        frac_bad = 1.0 - finite.mean(axis=(1, 2))
+        clean = np.where(finite, block, 0.0).astype(np.float32)
+    lost = (frac_bad > LOST_NONFINITE_FRACTION) | ~np.any(clean, axis=(1, 2))
+    good = clean[~lost] if lost.any() else clean
+    vmax = float(good.max()) if len(good) else -np.inf
+    at_max = (good == vmax).sum(axis=0) if len(good) else np.zeros(block.shape[1:], int)
+    return (good.sum(axis=0, dtype=np.float64), np.square(good).sum(axis=0, dtype=np.float64),
+            (~finite[~lost]).sum(axis=0), at_max, vmax, clean.sum(axis=(1, 2), dtype=np.float64), lost)
+
+
+def _find_flaws(sums: list, n: int, shape: tuple[int, int]) -> dict:
+    """Lost patterns and dead, hot and saturated detector pixels from the pass-1 statistics."""
+    lost = np.concatenate([z[6] for z in sums])
+    n_good = int((~lost).sum())
+    if n_good == 0:
+        raise ValueError("datacube: every pattern is lost (all NaN/inf or all zero); nothing to measure")
+    total = np.sum([z[0] for z in sums], axis=0)
+    mean = total / n_good
+    var = np.maximum(np.sum([z[1] for z in sums], axis=0) / n_good - mean**2, 0.0)
+    nonfinite = np.sum([z[2] for z in sums], axis=0)
+    vmax = max(z[4] for z in sums)
+    at_max = np.sum([z[3] for z in sums if z[4] == vmax], axis=0)
+    m_loc = ndimage.median_filter(mean, size=5, mode="nearest")
+    v_loc = ndimage.median_filter(var, size=5, mode="nearest")
+    # dead / stuck: (nearly) constant where the neighbours fluctuate, or NaN in more than 1 % of patterns
+    # (a pixel that should have collected > 20 counts over the scan, judged from its 5 x 5 neighbourhood)
+    # (counts fluctuate at least like Poisson noise, var ~ mean, in a live pixel; a dead one is constant)
+    local = np.abs(m_loc)
+    dead = ((var <= 0.002 * local) & (n_good * local > 20)) | (nonfinite > 0.01 * n_good)
+    # hot: far brighter on average than the neighbourhood (a disk edge is at most ~2-3x its 5x5 median)
+    hot = (mean > 4.0 * np.abs(m_loc) + 10.0 * np.sqrt(v_loc) + 1.0) & ~dead
+    # saturated: the data's maximum value is hit many times (a clipping level, not a Poisson extreme)
+    saturated = np.zeros(shape, bool)
+    if np.isfinite(vmax) and vmax > 0 and at_max.sum() >= SATURATION_MIN_HITS:
+        saturated = (at_max > 0) & ~dead & ~hot
+    bad = dead | hot | saturated
+    if bad.mean() > MAX_BAD_PIXEL_FRACTION:
+        raise ValueError(f"datacube: {100 * bad.mean():.0f} % of the detector pixels are dead, hot or saturated "
+                         f"(at most {100 * MAX_BAD_PIXEL_FRACTION:.0f} % can be excluded); too little is left")
+    return {"lost": lost, "n_good": n_good, "mean": mean, "dead": dead, "hot": hot, "saturated": saturated,
+            "bad": bad, "saturation_level": float(vmax) if saturated.any() else None}
+
+
+def _cleaned(block: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
+    """Patterns as float32 with non-finite values set to 0 and excluded pixels filled in.
+
+    Excluded pixels get the mean of their usable 3 x 3 (else 7 x 7) neighbours, so correlations and
+    templates do not see them.
+    """
+    block = np.asarray(block, dtype=np.float32)
+    if not np.all(np.isfinite(block)):
+        block = np.where(np.isfinite(block), block, 0.0).astype(np.float32)
+    if bad is None or not bad.any():
+        return block
+    good = (~bad).astype(np.float32)
+    out = block.copy()
+    for size in (3, 7):
+        num = ndimage.uniform_filter(block * good, size=(1, size, size), mode="constant")
+        den = ndimage.uniform_filter(good, size=size, mode="constant")
+        fill = bad & (den > 1e-6)
+        out[:, fill] = num[:, fill] / den[fill]
+        good = good.copy()
+        if fill.all() or not (bad & ~fill).any():
+            break
+    return out
 
 
 def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
     """Pass 2: direct beam position, SNR and central-disk counts per pattern (+ template accumulation)."""
+    block = _cleaned(block, ctx.get("bad"))
     loc, half, pad = ctx["locator"], ctx["half"], ctx["pad"]
     box = 3 * half + 4  # only this neighbourhood of the expected direct beam is looked at
     c = np.round(ctx["guess"]).astype(int)
@@ -251,15 +332,17 @@ def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
         snr.append(q)
         if ctx["stride"]:
             g = np.arange(start + s, start + s + m)
-            for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"])):
+            for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"]) & ~ctx["lost"][g]):
                 acc += _template_patch(sub[j], p[j] + lo, half)
     return np.concatenate(pos), np.concatenate(snr), np.concatenate(central), acc
 
 
 def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
     """Pass 3: per-pattern disk positions and lattice fit; returns g (m, 2, 2), origin, rms, count."""
+    block = _cleaned(block, ctx.get("bad"))
     loc, limit, half = ctx["locator"], ctx["limit"], ctx["half"]
     hk, inner, g_ref0, capture = ctx["hk"], ctx["inner"], ctx["g_ref0"], ctx["capture"]
+    near_bad = ctx.get("near_bad")
     search = int(np.ceil(capture))
     pad = half + search + 4  # just enough zero padding for the windows of disks on the detector
     out = []
@@ -268,7 +351,7 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         g0 = start + s + np.arange(m)
         o_guess = np.stack([np.ones(m), g0 // ctx["nx"], g0 % ctx["nx"]], axis=1) @ ctx["coef"]
         g_guess = np.repeat(g_ref0[None], m, axis=0)
-        if ctx["method"] == "fast":
+        if ctx["method"] != "py4dstem":
             padded = _padded(sub, pad)
             # circular correlation at the detector size (a fast FFT length), wrapped into the padding
             cc = np.pad(loc.correlate(sub), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
@@ -278,15 +361,20 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
             h_s = hk[sel]
             guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
-            if ctx["method"] == "fast":
-                pos, snr, perr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
-                                            pad, limit, search=search, cc=cc)
+            if ctx["method"] != "py4dstem":
+                pos, snr, perr, fsnr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
+                                                  pad, limit, search=search, cc=cc, fit_snr=True)
                 pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
                 found = (snr > ctx["snr_min"]) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
+                # and measurable under the fitted model itself (with free contents, faint disks are not)
+                found &= fsnr.reshape(m, -1) > min(ctx["snr_min"], FIT_SNR_MIN)
                 found &= np.linalg.norm(pos - guess, axis=-1) < capture
                 weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
             else:
                 pos, weight = _match_peaks(py4_peaks, guess, 0.35 * ctx["g_min"] if stage == "inner" else 1.5)
+            if near_bad is not None:  # disks whose fit window holds an excluded detector pixel are not used
+                ij = np.clip(np.round(np.nan_to_num(pos)).astype(int), 0, limit - 1)
+                weight = np.where(near_bad[ij[..., 0], ij[..., 1]], 0.0, weight)
             o_fit, g_fit, rms, count = _robust_lattice(pos, h_s, weight, ctx["min_disks"])
             okp = np.isfinite(g_fit).all(axis=(1, 2))
             o_guess = np.where(okp[:, None], o_fit, o_guess)
@@ -394,7 +482,7 @@ def _reduced_basis(vectors: np.ndarray, min_len: float) -> np.ndarray:
     diff = (vectors[:, None, :] - vectors[None, :, :]).reshape(-1, 2)
     diff = diff[np.linalg.norm(diff, axis=1) > min_len]
     diff = np.where((diff[:, 1] < 0)[:, None] | ((diff[:, 1] == 0) & (diff[:, 0] < 0))[:, None], -diff, diff)
-    support = np.array([np.count_nonzero(np.linalg.norm(diff - d, axis=1) < 0.5 * min_len) for d in diff])
+    support = np.array([len(n) for n in cKDTree(diff).query_ball_point(diff, 0.5 * min_len)], dtype=int)
     if len(diff) < 2:
         return None
     good = diff[support >= max(3, 0.3 * support.max())]
@@ -440,6 +528,97 @@ def _detector_frame(g_det: np.ndarray, rotation: float) -> np.ndarray:
     return np.einsum("ij,njk->nik", np.array([[c, -s], [s, c]]), g_xy)
 
 
+def _near(bad: np.ndarray | None, radius: float) -> np.ndarray | None:
+    """Detector pixels within `radius` px of an excluded pixel (None when nothing is excluded)."""
+    if bad is None:
+        return None
+    r = int(np.ceil(radius))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return ndimage.binary_dilation(bad, structure=np.hypot(yy, xx) <= radius)
+
+
+def _symmetrised(template: np.ndarray) -> np.ndarray:
+    """Rotational average of a centred template.
+
+    It keeps the aperture's edge profile without the asymmetry of the disk contents (linear
+    interpolation of the radial profile on 0.25 px bins).
+    """
+    half = template.shape[0] // 2
+    yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
+    rho = np.hypot(yy, xx).ravel()
+    bins = np.arange(0.0, rho.max() + 0.5, 0.25)
+    idx = np.digitize(rho, bins) - 1
+    cnt = np.bincount(idx, minlength=len(bins))
+    tot = np.bincount(idx, weights=template.ravel(), minlength=len(bins))
+    ok = cnt > 0
+    centres = np.bincount(idx, weights=rho, minlength=len(bins))[ok] / cnt[ok]
+    return np.interp(rho, centres, tot[ok] / cnt[ok]).reshape(template.shape)
+
+
+def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None,
+                  curvature_ratio: float = 1.0, prior_levels: bool = True) -> _diskfind.Locator:
+    """The content-robust locator of method "fast".
+
+    Symmetric template times a quadratic content polynomial, plus a background plane, on a circular
+    support reaching 2.5 px beyond the disk edge but stopping 0.5 px short of the nearest neighbouring
+    disk's edge; `slope_prior` (relative content change across a radius) sets the prior of the linear
+    content terms.
+    """
+    half = template.shape[0] // 2
+    support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
+    return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support,
+                             slope_prior=slope_prior, radius=radius, curvature_ratio=curvature_ratio,
+                             prior_levels=prior_levels)
+
+
+def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
+    """Empirical-Bayes widths of the content priors (linear, quadratic), each at least :data:`MIN_SLOPE_PRIOR`.
+
+    A width is the RMS relative change of the disk contents across one radius that the linear
+    (quadratic) terms make.
+
+    Free fits of the disks of about 32 pairs of neighbouring patterns (same row, adjacent columns) spread
+    over the scan: disk contents change slowly from one scan position to the next, the noise does not, so
+    half the mean square *difference* of a disk's fitted slope between the two patterns of a pair is the
+    noise variance, and the mean square slope minus that is the prior variance. Medians (scaled to
+    Gaussian mean squares) keep a few mis-fitted disks from inflating either.
+    """
+    lost = prep["flaws"]["lost"]
+    ny, nx = prep["scan_shape"]
+    if nx < 2:
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+    first = np.arange(ny * nx).reshape(ny, nx)[:, :-1].ravel()
+    first = first[np.linspace(0, len(first) - 1, min(len(first), _PRIOR_PAIRS)).astype(int)]
+    first = first[~lost[first] & ~lost[first + 1]]
+    if len(first) < 4:
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+    idx = np.stack([first, first + 1], axis=1).ravel()
+    pats = _cleaned(src.take(idx), prep["bad"])
+    half, limit, radius = locator.half, prep["limit"], prep["radius"]
+    search = int(np.ceil(prep["capture"]))
+    pad = half + search + 4
+    guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
+    m, d = guess.shape[:2]
+    pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
+                                         pad, limit, search=search, details=True, fit_snr=True)
+    ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
+    rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
+    both = ok[:, 0] & ok[:, 1]  # (pairs, d)
+    if both.sum() < 20:
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+    # the quadratic terms as the change they make across one radius
+    quad = (det["p"][:, 6:9] / np.maximum(det["p"][:, :1], 1e-12) * radius**2).reshape(-1, 2, d, 3)
+
+    def width(pairs: np.ndarray) -> float:
+        a, b = pairs[:, 0][both], pairs[:, 1][both]
+        gauss = 0.4549  # median of chi^2(1): median(z^2) / 0.4549 estimates a Gaussian variance robustly
+        noise2 = np.median(((a - b) ** 2).ravel()) / gauss / 2
+        total2 = np.median((0.5 * (a + b)) ** 2) / gauss  # the pair mean has noise variance noise2 / 2
+        return float(max(np.sqrt(max(total2 - noise2 / 2, 0.0)), MIN_SLOPE_PRIOR))
+
+    return width(rel), width(quad)
+
+
 # ----------------------------------------------------------------- main
 
 
@@ -451,8 +630,15 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     dky, dkx = src.pats.shape[1:]
     # 1. template and central disk of the mean pattern (pass 1 over the data)
     sums = src.map(_pass_sum, {}, progress=progress, desc="mean pattern")
-    mean = np.sum([z[0] for z in sums], axis=0) / n
-    totals = np.concatenate([z[1] for z in sums])
+    flaws = _find_flaws(sums, n, (dky, dkx))
+    # dead and hot pixels are filled in from their neighbours; saturated ones keep their (clipped) values,
+    # which still outline the disk, since filling a saturated disk centre from its saturated neighbours
+    # would dent it; disks near any of them are left out of the fits (near_bad)
+    fill = flaws["dead"] | flaws["hot"]
+    bad = fill if fill.any() else None
+    mean = _cleaned(flaws["mean"][None], bad)[0].astype(float)
+    totals = np.concatenate([z[5] for z in sums])
+    lost = flaws["lost"]
     if probe is not None:
         pr = _validate.array(probe, name="probe", shape=(dky, dkx), finite=True).astype(float)
         pk = _peaks(pr, 2.0, n_max=1)
@@ -479,7 +665,8 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
 
     # 2. direct beam in every pattern (pass 2, and pass 2' with the re-averaged template), descan plane
     ctx = {"locator": fitter, "guess": c_mean, "half": half, "pad": pad, "limit": limit, "chunk": chunk,
-           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0}
+           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0, "bad": bad,
+           "lost": lost}
     res = src.map(_pass_origin, ctx, progress=progress, desc="direct beam")
     origin_obs, snr0 = np.concatenate([z[0] for z in res]), np.concatenate([z[1] for z in res])
     central = np.concatenate([z[2] for z in res])
@@ -493,6 +680,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
         central = np.concatenate([z[2] for z in res])
     yy, xx = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
     design = np.stack([np.ones(n), yy.ravel(), xx.ravel()], axis=1)
+    snr0 = np.where(lost, 0.0, snr0)
     use = snr0 > snr_min
     if use.sum() < 3:
         raise ValueError("datacube: the direct beam was found in fewer than 3 patterns; cannot fit the descan")
@@ -505,12 +693,14 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
 
     # 3. reciprocal lattice from the descan-corrected mean pattern
     # (from the 3 x 3 block of patterns with the most diffracted signal: one local lattice)
-    score = ndimage.uniform_filter((totals - central).reshape(ny, nx), 3, mode="nearest")
+    score = ndimage.uniform_filter(np.where(lost, 0.0, totals - central).reshape(ny, nx), 3, mode="nearest")
     by, bx = np.unravel_index(np.argmax(score), (ny, nx))
     rows_b, cols_b = range(max(by - 1, 0), min(by + 2, ny)), range(max(bx - 1, 0), min(bx + 2, nx))
     block = [iy * nx + ix for iy in rows_b for ix in cols_b]
     shifted = np.zeros((dky, dkx))
-    for i, pat in zip(block, src.take(block)):
+    for i, pat in zip(block, _cleaned(src.take(block), bad)):
+        if lost[i]:
+            continue
         shifted += ndimage.shift(pat.astype(float), c_mean - origin_fit[i], order=1, mode="constant")
     pk = _peaks(shifted, radius)
     padded_mean = np.pad(shifted, pad)[None]
@@ -546,7 +736,8 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
             "g_ref0": g_ref0, "hk": hk, "inner": inner, "origin_fit": origin_fit, "origin_obs": origin_obs,
             "coef": coef, "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "mean": mean,
             "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block,
-            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min}
+            "g_min": g_min, "capture": 0.3 * g_min, "min_spacing": 0.6 * g_min, "flaws": flaws, "bad": bad,
+            "scan_shape": (ny, nx)}
 
 
 def measure_strain(datacube: object, *, reference: ArrayLike | None = None, probe: ArrayLike | None = None,
@@ -572,8 +763,10 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         Rotation of the diffraction pattern relative to the scan, radians
         (a scan-frame vector ``g`` appears on the detector as ``R(rotation) g``).
     **options
-        ``method`` ("fast" | "py4dstem"; disk positions by batched template
-        fitting, or by py4DSTEM's correlation + DFT upsampling),
+        ``method`` ("fast" | "plain" | "py4dstem"; disk positions by batched
+        fits of the disk edge with free, smooth disk contents (robust to
+        dynamical contrast inside the disks), by batched fits of a uniform
+        disk template, or by py4DSTEM's correlation + DFT upsampling),
         ``min_disks`` (int, default 6), ``snr_min`` (float, default 4: disk
         amplitude over its standard error), ``upsample_factor`` (py4DSTEM,
         default 16), ``chunk`` (patterns per batch, default 256; a dask
@@ -590,15 +783,33 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         (measured pixels), ``n_disks`` (disks in the final fit),
         ``residual`` (RMS disk misfit, px), ``origin_ky, origin_kx`` (fitted
         descan, px). Attributes: ``g1``/``g2`` reference reciprocal basis (px,
-        scan frame x, y), ``origin_mean_ky_kx_px`` and the detection
+        scan frame x, y), ``origin_mean_ky_kx_px``, the detection
         parameters (``template_radius_px``, ``window_px``, ``capture_px``,
-        ``min_spacing_px``, ``snr_min``).
+        ``min_spacing_px``, ``snr_min``), ``content_slope_prior`` (method
+        "fast": estimated relative change of the disk contents across one
+        radius; NaN otherwise), ``n_lost_patterns`` and
+        ``n_excluded_detector_pixels``.
 
     Raises
     ------
     ValueError
-        Wrong dimensionality, non-finite data, an empty or mis-shaped
-        `reference`, no disks in the mean pattern, or no pattern measurable.
+        Wrong dimensionality, every pattern lost, more than a quarter of the
+        detector excluded, an empty or mis-shaped `reference`, no disks in the
+        mean pattern, or no pattern measurable.
+
+    Notes
+    -----
+    Imperfect data are measured rather than refused: patterns that are all
+    NaN/inf, mostly non-finite or all zero come back unmeasured (``mask``
+    False, strain NaN); dead, hot and saturated detector pixels are found from
+    the mean and variance patterns (and the clipping level); dead and hot ones
+    are replaced by their neighbours' mean for the correlations and templates
+    (saturated ones keep their clipped values, which still outline the disk),
+    and every disk whose fit window holds any of them is left out of the
+    lattice fits.
+    :func:`diagnostics` lists what was found (``flaws``); the result's
+    attributes count it (``n_lost_patterns``, ``n_excluded_detector_pixels``).
+    Dark-subtracted data with small negative counts are fine.
 
     Examples
     --------
@@ -606,11 +817,12 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     >>> sim = stem4d.simulate_uniform(exx=0.01, eyy=-0.005, scan_shape=(2, 4), reference_columns=2,
     ...                               dose=1e5, rng=0)
     >>> res = measure_strain(sim.datacube, reference=sim.reference.values)
-    >>> round(float(res.exx[0, 3]), 3), round(float(res.eyy[0, 3]), 3)
+    >>> strained = ~sim.reference.values
+    >>> round(float(np.median(res.exx.values[strained])), 3), round(float(np.median(res.eyy.values[strained])), 3)
     (0.01, -0.005)
     """
     _validate.no_unknown_options(options, _OPTIONS, func="measure_strain")
-    method = _validate.choice(options.get("method", "fast"), ("fast", "py4dstem"), name="method")
+    method = _validate.choice(options.get("method", "fast"), ("fast", "plain", "py4dstem"), name="method")
     min_disks = int(options.get("min_disks", 6))
     snr_min = float(options.get("snr_min", 4.0))
     chunk = int(options.get("chunk", 256))
@@ -629,10 +841,16 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     template, half, g_ref0 = prep["template"], prep["half"], prep["g_ref0"]
     origin_fit, c_mean, radius = prep["origin_fit"], prep["c_mean"], prep["radius"]
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
-    ctx = {"locator": prep["fitter"], "limit": prep["limit"], "half": half,
+    locator, slope_prior, curvature_prior = prep["fitter"], None, None
+    if method == "fast":
+        free = _edge_locator(template, radius, prep["g_min"], prior_levels=False)  # free content fits
+        slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
+        locator = _edge_locator(template, radius, prep["g_min"], slope_prior, curvature_prior / slope_prior)
+    ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
-           "snr_min": snr_min, "min_disks": min_disks}
+           "snr_min": snr_min, "min_disks": min_disks, "bad": prep["bad"],
+           "near_bad": _near(prep["flaws"]["bad"] if prep["flaws"]["bad"].any() else None, half + 1.0)}
     if method == "py4dstem":
         kernel = np.zeros((dky, dkx))
         kernel[:template.shape[0], :template.shape[1]] = template
@@ -643,7 +861,8 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
 
     # 6. strain relative to the reference lattice
     g_xy = _detector_frame(g_all, float(rotation))  # (n, 2 [x, y], 2)
-    measured = np.isfinite(g_xy).all(axis=(1, 2))
+    flaws = prep["flaws"]
+    measured = np.isfinite(g_xy).all(axis=(1, 2)) & ~flaws["lost"]
     if not measured.any():
         raise ValueError("datacube: no pattern had enough disks to fit a lattice "
                          f"(min_disks={min_disks}); check the data or lower snr_min")
@@ -677,6 +896,9 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
         "g1_xy_px": g_ref_px[:, 0].tolist(), "g2_xy_px": g_ref_px[:, 1].tolist(),
         "origin_mean_ky_kx_px": c_mean.tolist(), "window_px": 2 * half + 1,
         "capture_px": prep["capture"], "min_spacing_px": prep["min_spacing"], "snr_min": snr_min,
+        "content_slope_prior": np.nan if slope_prior is None else slope_prior,
+        "content_curvature_prior": np.nan if slope_prior is None else curvature_prior,
+        "n_lost_patterns": int(flaws["lost"].sum()), "n_excluded_detector_pixels": int(flaws["bad"].sum()),
     })
 
 
@@ -706,6 +928,14 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
         descan-corrected mean pattern) with their ``lattice_hk``; ``disks``
         (one (m, 2) array of (ky, kx) per requested pattern, detected disks only)
         and ``disk_snr`` (SNR of every predicted disk of those patterns);
+        ``flaws``: what was found wrong with the data and left out of the
+        fits: ``lost`` ((ny, nx) bool: patterns all NaN/inf,
+        mostly non-finite or all zero; returned unmeasured), ``dead``, ``hot``,
+        ``saturated`` and their union ``bad`` ((ky, kx) bool detector masks,
+        from the mean and variance patterns; saturated = pixels that reach a
+        clipping level, the data maximum when it occurs at least 10 times),
+        ``saturation_level`` (or None) and ``excluded_pixels`` ((k, 2)
+        ``(ky, kx)`` lists per class);
         ``predicted_hk`` ((d, 2) indices of all disks fitted in every pattern);
         ``parameters``: the detection parameters chosen automatically
         (``template_radius_px`` from the probe or central disk, ``window_px``
@@ -728,7 +958,8 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
     fitter, pad, half, limit = prep["fitter"], prep["pad"], prep["half"], prep["limit"]
     disks, disk_snr = [], []
     idx = [int(iy) * nx + int(ix) for iy, ix in patterns]
-    for i, pat in zip(idx, src.take(idx) if idx else []):
+    fl = prep["flaws"]
+    for i, pat in zip(idx, _cleaned(src.take(idx), prep["bad"]) if idx else []):
         guess = prep["origin_fit"][i] + prep["hk"] @ prep["g_ref0"].T
         img = _padded(pat[None], pad)
         pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit,
@@ -744,7 +975,10 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
             "parameters": {"template_radius_px": prep["radius"], "window_px": 2 * half + 1,
                            "min_spacing_px": prep["min_spacing"], "capture_px": prep["capture"],
                            "snr_min": snr_min, "n_disks_predicted": len(prep["hk"])},
-            "predicted_hk": prep["hk"], "disks": disks, "disk_snr": disk_snr}
+            "predicted_hk": prep["hk"], "disks": disks, "disk_snr": disk_snr,
+            "flaws": {"lost": fl["lost"].reshape(ny, nx), "dead": fl["dead"], "hot": fl["hot"],
+                      "saturated": fl["saturated"], "bad": fl["bad"], "saturation_level": fl["saturation_level"],
+                      "excluded_pixels": {k: np.argwhere(fl[k]) for k in ("dead", "hot", "saturated")}}}
 
 
 def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | None = None) -> xr.Dataset:
@@ -763,7 +997,9 @@ def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | No
     Returns
     -------
     xarray.Dataset
-        ``bright_field`` and ``dark_field`` (counts) on ``("y", "x")``.
+        ``bright_field`` and ``dark_field`` (counts) on ``("y", "x")``; NaN
+        where a pattern is lost (all NaN/inf); other non-finite values count
+        as 0.
 
     Examples
     --------
@@ -773,12 +1009,17 @@ def virtual_images(datacube: object, *, radius_px: float, centre: ArrayLike | No
     (5.0, 1.0)
     """
     cube, coords = _as_array(datacube)
+    finite = np.isfinite(cube)
+    lost = ~finite.any(axis=(2, 3))
+    if not finite.all():
+        cube = np.where(finite, cube, 0.0).astype(np.float32)
     r = _validate.positive(radius_px, name="radius_px")
     dky, dkx = cube.shape[2:]
     c = np.array([dky / 2, dkx / 2]) if centre is None else _validate.array(centre, name="centre", shape=(2,))
     rho = np.hypot(np.arange(dky)[:, None] - c[0], np.arange(dkx)[None, :] - c[1])
     bf = np.tensordot(cube, (rho <= r).astype(np.float32), axes=([2, 3], [0, 1]))
     df = np.tensordot(cube, (rho > r + 2).astype(np.float32), axes=([2, 3], [0, 1]))
+    bf, df = np.where(lost, np.nan, bf), np.where(lost, np.nan, df)  # all-NaN patterns: lost
     ds = xr.Dataset({"bright_field": (("y", "x"), bf, {"units": "counts", "long_name": "virtual bright field"}),
                      "dark_field": (("y", "x"), df, {"units": "counts", "long_name": "virtual annular dark field"})})
     return ds.assign_coords(coords) if coords else ds

@@ -12,7 +12,8 @@ from matplotlib.patches import Circle
 from ._common import STRAIN_CMAP, image_panel, new_figure
 
 __all__ = ["pattern_overview", "template_figure", "disk_overlay", "descan_figure", "lattice_figure",
-           "strain_comparison", "dose_figure", "detection_figure", "benchmark_figure"]
+           "strain_comparison", "dose_figure", "detection_figure", "benchmark_figure", "disk_contents_figure",
+           "thickness_bias_figure"]
 
 
 def _pattern_panel(ax, img: np.ndarray, title: str) -> None:
@@ -177,4 +178,55 @@ def benchmark_figure(rates: Mapping[str, float], memory_mib: Mapping[str, float]
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
     axes[0, 2].set_xlabel("workers (1 thread each)", fontsize=8)
+    return fig
+
+
+def disk_contents_figure(patterns: Mapping[str, np.ndarray], *, crop: int = 40) -> Figure:
+    """The same diffraction pattern drawn with different disk models, side by side (square-root scale).
+
+    Parameters
+    ----------
+    patterns : mapping of str to (ky, kx) array
+        Title -> pattern.
+    crop : int
+        Half-width (px) of the central region shown.
+    """
+    fig, axes = new_figure(1, len(patterns), width=3.2, height=3.0)
+    for ax, (title, pat) in zip(axes[0], patterns.items()):
+        cy, cx = np.array(pat.shape) // 2
+        sub = np.clip(pat[cy - crop:cy + crop, cx - crop:cx + crop], 0, None)
+        im = ax.imshow(np.sqrt(sub), cmap="magma", interpolation="nearest",
+                       extent=(cx - crop - 0.5, cx + crop - 0.5, cy + crop - 0.5, cy - crop - 0.5))
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("kx (px)", fontsize=8)
+        ax.set_ylabel("ky (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        cb = fig.colorbar(im, ax=ax, shrink=0.8)
+        cb.set_label("sqrt(counts)", fontsize=7)
+        cb.ax.tick_params(labelsize=6)
+    return fig
+
+
+def thickness_bias_figure(thickness_diff_nm: np.ndarray, bias: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
+    """Strain bias against the thickness difference from the reference, one panel per component.
+
+    Parameters
+    ----------
+    thickness_diff_nm : (n,) array
+        Thickness minus the reference region's thickness, nm.
+    bias : mapping
+        Method -> {component -> (n,) median error}; strain components dimensionless, theta in rad.
+    """
+    comps = list(next(iter(bias.values())).keys())
+    fig, axes = new_figure(1, len(comps), width=2.6, height=2.6)
+    for ax, k in zip(axes[0], comps):
+        for method, errs in bias.items():
+            ax.plot(thickness_diff_nm, 1e4 * np.asarray(errs[k]), "o-", ms=3, lw=0.8, label=method)
+        ax.axhline(0, color="k", lw=0.5)
+        ax.axhspan(-2, 2, color="0.9", zorder=0)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("thickness - reference (nm)", fontsize=8)
+        ax.set_ylabel(("error (1e-4 rad)" if k == "theta" else "error (1e-4)"), fontsize=8)
+        ax.tick_params(labelsize=7)
+    axes[0, 0].legend(fontsize=7)
     return fig

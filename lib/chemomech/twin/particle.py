@@ -48,6 +48,15 @@ BATCHES = {
 }
 
 
+#: RMS of the bending tilt (mrad) about its mean, and the largest mean tilt (mrad) per axis.
+TILT_RMS_MRAD = 1.2
+TILT_OFFSET_MRAD = 0.8
+#: Largest tilt component (mrad) :meth:`Particle.tilt_mrad` returns (the multislice library covers 4.8 mrad
+#: of incident direction, of which the 0.8 mrad probe aperture takes 0.8).
+TILT_LIMIT_MRAD = 3.8
+_BENDING_STREAM = 0xB3D  # second entry of the bending field's seed sequence
+
+
 # --- eigenstrain laws ---------------------------------------------------------------
 
 
@@ -246,6 +255,14 @@ class Particle:
         kvec, amp, _ = comp
         grad_rms = np.sqrt(np.sum(amp**2 * np.sum(kvec**2, axis=1)) / 2) / internals["comp_norm"][1]
         internals["g_scale"] = float(recipe["width_nm"] * grad_rms)
+        # bending (local crystal tilt) from its own seed stream, so the draws above stay unchanged
+        brng = np.random.default_rng([self.seed, _BENDING_STREAM])
+        bend = _random_field(brng, 6, (250.0, 600.0), 1.5)
+        internals["bend"] = bend
+        internals["bend_offset"] = brng.uniform(-1.0, 1.0, 2) * TILT_OFFSET_MRAD
+        kvec, amp, _ = bend
+        # RMS of the gradient of the raw height field over random phases: sqrt(sum a^2 |k|^2 / 2)
+        internals["bend_scale"] = float(TILT_RMS_MRAD / np.sqrt(np.sum(amp**2 * np.sum(kvec**2, axis=1)) / 2))
 
     # -- geometry -------------------------------------------------------------------
 
@@ -299,6 +316,38 @@ class Particle:
         q = np.hypot(x, y) / self.radius(np.arctan2(y, x))
         profile = np.sqrt(np.clip(1.0 - q**8, 0.0, None))
         return self._p["t_max"] * profile * (1.0 + 0.08 * np.tanh(self._field("thick", y, x)))
+
+    def tilt_mrad(self, y: ArrayLike, x: ArrayLike) -> np.ndarray:
+        """Local crystal tilt from bending, mrad, ``(..., 2)``: ``(along a*, along c*)`` (crystal frame).
+
+        A thin platelet is never flat: the tilt is the gradient of a smooth random
+        height field (wavelengths 250-600 nm, RMS tilt :data:`TILT_RMS_MRAD` about a
+        mean of up to :data:`TILT_OFFSET_MRAD` per axis), written as the direction of
+        the incident beam relative to [010] in the crystal frame, each component
+        clipped to ±:data:`TILT_LIMIT_MRAD`. It is drawn from a seed stream of its own
+        (``[seed, 0xB3D]``), so it leaves every other field of the particle unchanged.
+        It does not enter the truth strain; the 4D-STEM twin uses it for the disk
+        contents (bend contours in dark-field images).
+
+        Examples
+        --------
+        >>> p = make_particle("demo", seed=3)
+        >>> t = p.tilt_mrad(np.zeros(3), np.array([-50.0, 0.0, 50.0]))
+        >>> t.shape, bool(np.all(np.abs(t) <= TILT_LIMIT_MRAD))
+        ((3, 2), True)
+        """
+        y = np.asarray(y, dtype=float)
+        x = np.asarray(x, dtype=float)
+        kvec, amp, phase = self._p["bend"]
+        arg = np.multiply.outer(y, kvec[:, 0]) + np.multiply.outer(x, kvec[:, 1]) + phase
+        # gradient of sum(amp cos(arg)) in image (y, x), then into the crystal frame (a*, c*)
+        gy = -np.sum(amp * kvec[:, 0] * np.sin(arg), axis=-1)
+        gx = -np.sum(amp * kvec[:, 1] * np.sin(arg), axis=-1)
+        c, s = np.cos(self.crystal_angle_rad), np.sin(self.crystal_angle_rad)
+        scale = self._p["bend_scale"]
+        ta = scale * (c * gx + s * gy) + self._p["bend_offset"][0]
+        tc = scale * (-s * gx + c * gy) + self._p["bend_offset"][1]
+        return np.clip(np.stack([ta, tc], axis=-1), -TILT_LIMIT_MRAD, TILT_LIMIT_MRAD)
 
     def eigenstrain(self, y: ArrayLike, x: ArrayLike) -> np.ndarray:
         """Eigenstrain ``(3, ...)``: ``exx, eyy, exy`` in the image frame, with the defect."""

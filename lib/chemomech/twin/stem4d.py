@@ -271,6 +271,69 @@ def _disk_intensities(setup: DiffractionSetup, f_abs: np.ndarray, thickness_nm: 
     return ig, 1.0 - ig.sum(axis=1)
 
 
+_LIBRARY_CACHE: dict = {}
+
+
+def _library(library: xr.Dataset | None) -> xr.Dataset:
+    """The multislice disk-content library (:mod:`chemomech.twin.cbed`), loaded once per process."""
+    if library is not None:
+        if not isinstance(library, xr.Dataset) or "intensity" not in library:
+            raise TypeError(f"library must be the xarray.Dataset of chemomech.twin.cbed.load_library(), "
+                            f"got {type(library).__name__}")
+        return library
+    if "default" not in _LIBRARY_CACHE:
+        from . import cbed
+
+        _LIBRARY_CACHE["default"] = cbed.load_library()
+    return _LIBRARY_CACHE["default"]
+
+
+def _library_beams(library: xr.Dataset, setup: DiffractionSetup) -> xr.Dataset:
+    """The library restricted to the beams that can reach the detector, 000 first (mirror-closed by |g|)."""
+    h, ell = library.h.values.astype(int), library.l.values.astype(int)
+    a, _, c = setup.lattice_A
+    g = np.hypot(h / a, ell / c)
+    keep = g <= 0.75 * min(setup.detector_shape) * setup.pixel_inv_A
+    order = np.argsort(np.where(keep, g, np.inf), kind="stable")[: int(keep.sum())]
+    if g[order[0]] != 0:
+        raise ValueError("library has no 000 beam")
+    return library.isel(beam=order)
+
+
+def _dynamical_content(library: xr.Dataset, X: np.ndarray, thick: np.ndarray, tilt: np.ndarray,
+                       setup: DiffractionSetup, det_to_crystal: np.ndarray, grid_half: int) -> np.ndarray:
+    """Disk contents (n, G, G, beams) on detector-pixel offsets from each disk centre, G = 2 grid_half + 1.
+
+    The pixel at detector offset (dky, dkx) from the centre of disk g belongs to the incident direction
+    ``q`` = (offset in 1/Å) x wavelength, turned into the crystal frame; its intensity is the library's
+    ``I_g(X, t, tilt + q)``. Thickness outside the library's range: clamped at the thick end; below the
+    thin end the diffracted beams fall off kinematically, ``I_g(t) = (t / t_min)^2 I_g(t_min)``, and the
+    000 beam keeps the rest.
+    """
+    from . import cbed
+
+    gh = int(grid_half)
+    k = np.arange(-gh, gh + 1)
+    dky, dkx = np.meshgrid(k, k, indexing="ij")
+    inside = np.hypot(dky, dkx) <= setup.disk_radius_px + 4 * setup.edge_px + 1.5
+    mrad_per_px = setup.pixel_inv_A * electron_wavelength_A(setup.voltage_kV) * 1e3
+    det_xy = np.stack([dkx[inside], dky[inside]], axis=1) * mrad_per_px  # (m, 2) detector (x, y), mrad
+    q = det_xy @ det_to_crystal.T  # (m, 2) crystal frame (along a*, along c*)
+    t_grid = library.thickness_nm.values
+    lim = np.array([library.tilt_x_mrad.values[-1], library.tilt_y_mrad.values[-1]])
+    t_eff = np.clip(thick, t_grid[0], t_grid[-1])
+    scale = np.clip(thick / t_grid[0], 0.0, 1.0) ** 2  # kinematic fall-off below the thinnest slab
+    n, m = len(thick), len(q)
+    direction = np.clip(tilt[:, None, :] + q[None, :, :], -lim, lim).reshape(-1, 2)
+    vals = cbed.disk_intensities(library, np.repeat(np.clip(X, 0.0, 1.0), m), np.repeat(t_eff, m),
+                                 direction, np.zeros(2)).values[:, 0, :].reshape(n, m, -1)
+    vals[:, :, 1:] *= scale[:, None, None]
+    vals[:, :, 0] = 1.0 - scale[:, None] * (1.0 - vals[:, :, 0])
+    out = np.zeros((n, 2 * gh + 1, 2 * gh + 1, vals.shape[2]))
+    out[:, inside, :] = vals
+    return out
+
+
 def _psf_otf(setup: DiffractionSetup) -> np.ndarray:
     ny, nx = setup.detector_shape
     y = np.fft.fftfreq(ny) * ny
@@ -282,11 +345,22 @@ def _psf_otf(setup: DiffractionSetup) -> np.ndarray:
     return np.fft.rfft2(kern)
 
 
-def _render(centres: np.ndarray, weights: np.ndarray, setup: DiffractionSetup) -> np.ndarray:
-    """Sum of soft-edged disks, pixel-integrated: centres (n, d, 2) as (ky, kx) px, weights (n, d)."""
+def _render_half(setup: DiffractionSetup) -> int:
+    """Half-width (px) of the square window in which one disk is drawn."""
+    return int(np.ceil(setup.disk_radius_px + 4 * setup.edge_px)) + 1
+
+
+def _render(centres: np.ndarray, weights: np.ndarray, setup: DiffractionSetup,
+            content: np.ndarray | None = None) -> np.ndarray:
+    """Sum of soft-edged disks, pixel-integrated: centres (n, d, 2) as (ky, kx) px, weights (n, d).
+
+    `content` (n, G, G, d), optional: intensity inside each disk on a grid of detector-pixel offsets
+    ``-(G // 2) .. G // 2`` from the disk centre (both axes); it multiplies the weight, bilinearly
+    interpolated at each pixel centre.
+    """
     ny, nx = setup.detector_shape
     r = setup.disk_radius_px
-    half = int(np.ceil(r + 4 * setup.edge_px)) + 1
+    half = _render_half(setup)
     pad = 2 * half + 2
     canvas = np.zeros((centres.shape[0], ny + 2 * pad, nx + 2 * pad))
     ss = 3
@@ -308,8 +382,30 @@ def _render(centres: np.ndarray, weights: np.ndarray, setup: DiffractionSetup) -
         dx = px[:, :, None] + sub[None, None, :] - c[:, 1, None, None]
         rho = np.sqrt(dy[:, :, None, :, None] ** 2 + dx[:, None, :, None, :] ** 2)  # (m, W, W, ss, ss)
         val = 0.5 * erfc((rho - r) / (np.sqrt(2) * setup.edge_px)).mean(axis=(3, 4))
+        if content is not None:
+            val = val * _interp_content(content[inside, :, :, d], base - c, win)
         canvas[n_sel, (py + pad)[:, :, None], (px + pad)[:, None, :]] += val * (w * norm)[:, None, None]
     return canvas[:, pad:pad + ny, pad:pad + nx]
+
+
+def _interp_content(table: np.ndarray, frac: np.ndarray, win: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of content tables (m, G, G) at offsets ``win + frac`` (m, W, W)."""
+    gh = table.shape[1] // 2
+    m = np.arange(len(table))[:, None]
+    out = None
+    idx_y = win[None, :] + frac[:, 0, None] + gh  # (m, W) fractional grid rows
+    idx_x = win[None, :] + frac[:, 1, None] + gh
+    iy0 = np.clip(np.floor(idx_y).astype(int), 0, table.shape[1] - 2)
+    ix0 = np.clip(np.floor(idx_x).astype(int), 0, table.shape[2] - 2)
+    wy = (idx_y - iy0)[:, :, None]
+    wx = (idx_x - ix0)[:, None, :]
+    rows0 = table[m, iy0]  # (m, W, G)
+    rows1 = table[m, iy0 + 1]
+    rows = (1 - wy) * rows0 + wy * rows1
+    mm = np.arange(len(table))[:, None, None]
+    ww = np.arange(rows.shape[1])[None, :, None]
+    out = (1 - wx) * rows[mm, ww, ix0[:, None, :]] + wx * rows[mm, ww, ix0[:, None, :] + 1]
+    return out
 
 
 def _rotation(angle: float) -> np.ndarray:
@@ -331,6 +427,8 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
                     thickness_nm: ArrayLike, *, setup: DiffractionSetup = DiffractionSetup(),
                     dose: float = 1e4, crystal_angle_rad: float = 0.0, rotation_rad: float = 0.0,
                     descan_px: float = 3.0, probe_dose: float = 1e6, chunk: int = 256,
+                    disks: str = "uniform", X: ArrayLike | float = 0.0, tilt_mrad: ArrayLike | None = None,
+                    library: xr.Dataset | None = None,
                     rng: np.random.Generator | int | None = None, progress: bool = False) -> xr.Dataset:
     """Simulate a 4D-STEM datacube from per-position strain, rotation and thickness.
 
@@ -356,6 +454,25 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
         Electrons in the vacuum probe image.
     chunk : int
         Patterns rendered at once (memory).
+    disks : {"uniform", "dynamical"}
+        ``"uniform"``: every disk is a uniformly filled aperture with a
+        Pendellösung-like intensity (the idealised twin, for teaching).
+        ``"dynamical"``: every disk carries its multislice contents from the
+        abTEM library (:mod:`chemomech.twin.cbed`) for the local composition,
+        thickness and crystal tilt: the intensity at each point of the disk of
+        beam g is that of beam g for the incident direction ``tilt + q`` that
+        the point belongs to (thickness clamped to the library's 10-80 nm, with
+        a kinematic fall-off below 10 nm).
+    X : array_like or float
+        ``(ny, nx)`` Li fraction (or one value) for the dynamical disk contents;
+        the lattice itself follows the strain fields only.
+    tilt_mrad : array_like, optional
+        ``(ny, nx, 2)`` crystal tilt, mrad, as the incident direction relative to
+        [010] in the crystal frame ``(along a*, along c*)``; default zero. Only
+        the dynamical disks depend on it.
+    library : xarray.Dataset, optional
+        A disk-content library (:func:`chemomech.twin.cbed.load_library`);
+        default the committed one.
     rng : numpy.random.Generator or int or None
         Random source (Poisson noise).
     progress : bool
@@ -385,15 +502,26 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
     if not isinstance(setup, DiffractionSetup):
         raise TypeError(f"setup must be a DiffractionSetup, got {type(setup).__name__}")
     dose = _validate.positive(dose, name="dose")
+    disks = _validate.choice(disks, ("uniform", "dynamical"), name="disks")
     gen = _validate.rng(rng)
     ny, nx = shape
+    x_li = np.broadcast_to(_validate.array(X, name="X", ndim=(0, 2)).astype(float), shape)
+    if tilt_mrad is None:
+        tilt = np.zeros(shape + (2,))
+    else:
+        tilt = _validate.array(tilt_mrad, name="tilt_mrad", shape=shape + (2,), finite=True).astype(float)
     e_xx, e_yy, e_xy, th, thick = fields
     crystal = np.isfinite(e_xx) & np.isfinite(e_yy) & np.isfinite(e_xy) & np.isfinite(th) & (thick > 0)
     thick = np.where(crystal, thick, 0.0)
 
-    refl = reflections(setup)
-    hl = np.stack([refl.h.values, refl.l.values]).astype(float)  # (2, d)
-    f_abs = refl.F.values
+    if disks == "uniform":
+        refl = reflections(setup)
+        hl = np.stack([refl.h.values, refl.l.values]).astype(float)  # (2, d)
+        f_abs = refl.F.values
+    else:
+        lib = _library_beams(_library(library), setup)
+        hl = np.stack([lib.h.values[1:], lib.l.values[1:]]).astype(float)  # 000 is the direct disk
+        det_to_crystal = _rotation(-crystal_angle_rad) @ _rotation(-rotation_rad)
     g0 = reciprocal_basis(setup, crystal_angle_rad=crystal_angle_rad)
     fdef = _deformation(*(np.where(crystal, f, 0.0) for f in (e_xx, e_yy, e_xy, th)))
     g_def = np.linalg.inv(np.swapaxes(fdef, -1, -2)) @ g0  # F^-T G0, (ny, nx, 2, 2)
@@ -405,12 +533,16 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
     o_ky = dny / 2 + 0.37 + descan_px * (0.6 * u - 0.4 * v)
     o_kx = dnx / 2 - 0.61 + descan_px * (0.3 * u + 0.8 * v)
 
-    i_g, i_0 = _disk_intensities(setup, f_abs, thick.ravel())
+    if disks == "uniform":
+        i_g, i_0 = _disk_intensities(setup, f_abs, thick.ravel())
+        weights = np.concatenate([i_0[:, None], i_g], axis=1)
+    else:  # the contents carry the intensities
+        weights = np.ones((ny * nx, hl.shape[1] + 1))
+        weights[~crystal.ravel(), 1:] = 0.0
     centres = np.empty((ny * nx, hl.shape[1] + 1, 2))
     centres[:, 0, 0], centres[:, 0, 1] = o_ky.ravel(), o_kx.ravel()
     centres[:, 1:, 0] = (o_ky[..., None] + gvec[:, :, 1, :] / setup.pixel_inv_A).reshape(ny * nx, -1)
     centres[:, 1:, 1] = (o_kx[..., None] + gvec[:, :, 0, :] / setup.pixel_inv_A).reshape(ny * nx, -1)
-    weights = np.concatenate([i_0[:, None], i_g], axis=1)
 
     otf = _psf_otf(setup)
     ky = np.arange(dny)[:, None]
@@ -423,7 +555,18 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
     bg_sigma = 12.0 * setup.disk_radius_px
     for s in steps:
         sl = slice(s, min(s + chunk, ny * nx))
-        img = _render(centres[sl], weights[sl], setup)
+        content = None
+        if disks == "dynamical":
+            idx = np.arange(sl.start, sl.stop)
+            cry = crystal.ravel()[idx]
+            content = np.zeros((len(idx), 2 * _render_half(setup) + 3, 2 * _render_half(setup) + 3,
+                                hl.shape[1] + 1))
+            content[~cry, :, :, 0] = 1.0  # vacuum: the bare probe
+            if cry.any():
+                content[cry] = _dynamical_content(lib, x_li.ravel()[idx][cry], thick.ravel()[idx][cry],
+                                                  tilt.reshape(-1, 2)[idx][cry], setup, det_to_crystal,
+                                                  _render_half(setup) + 1)
+        img = _render(centres[sl], weights[sl], setup, content)
         oy, ox = centres[sl, 0, 0], centres[sl, 0, 1]
         halo = np.exp(-0.5 * ((ky[None] - oy[:, None, None]) ** 2 + (kx[None] - ox[:, None, None]) ** 2) / bg_sigma**2)
         frac = setup.background * thick.ravel()[sl] / 100.0
@@ -447,6 +590,10 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
             "theta": (yx, np.where(crystal, th, np.nan), {"units": "rad", "long_name": "rotation (truth)"}),
             "thickness": (yx, thick, {"units": "nm", "long_name": "thickness along b"}),
             "mask": (yx, crystal, {"units": "1", "long_name": "crystal present"}),
+            "tilt_a": (yx, np.where(crystal, tilt[..., 0], np.nan),
+                       {"units": "mrad", "long_name": "crystal tilt along a* (truth)"}),
+            "tilt_c": (yx, np.where(crystal, tilt[..., 1], np.nan),
+                       {"units": "mrad", "long_name": "crystal tilt along c* (truth)"}),
             "origin_ky": (yx, o_ky, {"units": "px", "long_name": "direct-beam position ky (descan truth)"}),
             "origin_kx": (yx, o_kx, {"units": "px", "long_name": "direct-beam position kx (descan truth)"}),
         },
@@ -458,7 +605,7 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
         },
         attrs={**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(setup).items()},
                "dose": dose, "crystal_angle_rad": float(crystal_angle_rad),
-               "rotation_rad": float(rotation_rad), "disk_radius_px": setup.disk_radius_px},
+               "rotation_rad": float(rotation_rad), "disk_radius_px": setup.disk_radius_px, "disks": disks},
     )
     return ds
 
@@ -476,8 +623,8 @@ def simulate_uniform(*, exx: float = 0.0, eyy: float = 0.0, exy: float = 0.0, th
         ``(ny, nx)``.
     reference_columns : int
         Number of unstrained columns on the left (the zero-strain reference).
-    thickness_nm : float
-        Uniform thickness, nm.
+    thickness_nm : float or array_like
+        Thickness, nm: one value, or a ``(ny, nx)`` map (e.g. a wedge).
     **options
         Passed to :func:`simulate_fields` (``setup, dose, rng, rotation_rad, ...``).
 
@@ -498,7 +645,9 @@ def simulate_uniform(*, exx: float = 0.0, eyy: float = 0.0, exy: float = 0.0, th
     ref = np.zeros((ny, nx), bool)
     ref[:, :reference_columns] = True
     fields = [np.where(ref, 0.0, v) for v in (exx, eyy, exy, theta)]
-    ds = simulate_fields(*fields, np.full((ny, nx), float(thickness_nm)), **options)
+    thick = np.broadcast_to(_validate.array(thickness_nm, name="thickness_nm", ndim=(0, 2)).astype(float),
+                            (ny, nx))
+    ds = simulate_fields(*fields, np.array(thick), **options)
     return ds.assign(reference=(("y", "x"), ref, {"units": "1", "long_name": "zero-strain reference"}))
 
 
@@ -525,7 +674,10 @@ def simulate_particle(particle: Particle, *, scan_shape: tuple[int, int] = (64, 
     -------
     xarray.Dataset
         As :func:`simulate_fields`, with ``y``/``x`` coordinates in nm and the
-        particle's ``X`` (Li fraction) added.
+        particle's ``X`` (Li fraction) added. With ``disks="dynamical"`` the disk
+        contents follow the particle's X, thickness and bending tilt
+        (:meth:`~chemomech.twin.particle.Particle.tilt_mrad`), so virtual bright-
+        and dark-field images show thickness fringes and bend contours.
     """
     if not isinstance(particle, Particle):
         raise TypeError(f"particle must be a chemomech.twin.Particle, got {type(particle).__name__}")
@@ -539,6 +691,8 @@ def simulate_particle(particle: Particle, *, scan_shape: tuple[int, int] = (64, 
     xc = (np.arange(nx) - (nx - 1) / 2) * step + center_nm[1]
     yy, xx = np.meshgrid(yc, xc, indexing="ij")
     truth = particle.sample(yy, xx)
+    options.setdefault("X", np.where(truth["mask"], truth["X"], 0.0))
+    options.setdefault("tilt_mrad", particle.tilt_mrad(yy, xx))
     ds = simulate_fields(truth["exx"], truth["eyy"], truth["exy"], truth["theta"], truth["thickness"],
                          crystal_angle_rad=particle.crystal_angle_rad, **options)
     ds = ds.assign_coords(

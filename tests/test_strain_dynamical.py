@@ -1,0 +1,112 @@
+"""measure_strain on the dynamical twin: disks filled with their multislice contents (issue 13).
+
+The scans come from ``stem4d.simulate_fields(..., disks="dynamical")``, whose disk contents are the
+abTEM plane-wave library of :mod:`chemomech.twin.cbed` (thickness, composition and tilt dependent);
+the analysis never sees the library. Acceptance numbers are the issue's; where the method does not
+reach one, the test is an ``xfail(strict=True)`` that states the measured value, so it turns red
+when the number changes either way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from chemomech import strain
+from chemomech.twin import particle_set, stem4d
+
+KEYS = ("exx", "eyy", "exy", "theta")
+#: the issue's homogeneous states: +-1 % normal, +-0.5 % shear, 1 degree rotation
+STATES = ((0.01, 0, 0, 0), (-0.01, 0, 0, 0), (0, 0.01, 0, 0), (0, -0.01, 0, 0),
+          (0, 0, 0.005, 0), (0, 0, -0.005, 0), (0, 0, 0, np.deg2rad(1.0)))
+BLOCK = 4  # scan columns per state
+TILT_MRAD = (1.0, -0.6)  # the whole wedge slightly off the zone axis
+
+
+def _wedge(dose, disks, ny=8, rng=0):
+    """Thickness 20 -> 60 nm from left to right; reference = the 4 leftmost columns (thinnest)."""
+    nx = BLOCK * (len(STATES) + 1)
+    region = np.repeat(np.arange(len(STATES) + 1), BLOCK)[None].repeat(ny, 0)
+    fields = [np.zeros((ny, nx)) for _ in KEYS]
+    for i, st in enumerate(STATES, start=1):
+        for f, v in zip(fields, st):
+            f[region == i] = v
+    thick = np.linspace(20.0, 60.0, nx)[None].repeat(ny, 0)
+    sim = stem4d.simulate_fields(*fields, thick, dose=dose, disks=disks, rng=rng,
+                                 tilt_mrad=np.broadcast_to(np.asarray(TILT_MRAD), (ny, nx, 2)))
+    return sim, region
+
+
+def _errors(res, sim, region):
+    """Worst |region median - truth| and worst pixel RMS error over the strained blocks."""
+    truth = stem4d.relative_truth(sim, region == 0)
+    med, rms = 0.0, 0.0
+    for k in KEYS:
+        err = res[k].values - truth[k].values
+        med = max(med, max(abs(np.nanmedian(err[region == i])) for i in range(1, region.max() + 1)))
+        rms = max(rms, float(np.sqrt(np.nanmean(err[region > 0] ** 2))))
+    return med, rms
+
+
+@pytest.fixture(scope="module")
+def wedge_1e5():
+    sim, region = _wedge(1e5, "dynamical")
+    res = {m: strain.measure_strain(sim.datacube.values, reference=region == 0, method=m)
+           for m in ("fast", "plain", "py4dstem")}
+    return sim, region, res
+
+
+def test_dynamical_wedge_pixel_rms_and_py4dstem(wedge_1e5):
+    sim, region, res = wedge_1e5
+    err = {m: _errors(r, sim, region) for m, r in res.items()}
+    assert all(r.mask.values.all() for r in res.values())
+    assert err["fast"][1] <= 5e-4, err  # issue acceptance: pixel RMS <= 5e-4 at 1e5 e-
+    assert err["fast"][1] <= err["py4dstem"][1], err  # issue acceptance: default <= py4DSTEM on the same data
+
+
+def test_dynamical_wedge_edge_fit_removes_most_of_the_content_bias(wedge_1e5):
+    # measured: worst region-median error 2.1e-4 (fast) against 2.9e-3 (plain template fit), 3.9e-3
+    # (py4DSTEM); require at least a five-fold reduction
+    sim, region, res = wedge_1e5
+    med = {m: _errors(r, sim, region)[0] for m, r in res.items()}
+    assert med["fast"] * 5 <= min(med["plain"], med["py4dstem"]), med
+
+
+@pytest.mark.xfail(strict=True, reason="issue acceptance not reached: worst region median 2.1e-4 > 2e-4 "
+                                       "(pixel RMS 3.9e-4 passes; at 1e7 e- the same wedge gives 1.0e-4)")
+def test_dynamical_wedge_region_medians_within_2e4(wedge_1e5):
+    sim, region, res = wedge_1e5
+    assert _errors(res["fast"], sim, region)[0] <= 2e-4
+
+
+def test_uniform_disks_cost_little_precision():
+    # on uniform disks the content priors estimated from the data are small (~0.08), so the robust
+    # fit is nearly as precise as the plain template fit (measured RMS 8.0e-4 vs 7.5e-4 at 1e4 e-):
+    # allow 25 % (the price of the free background plane and the residual content freedom)
+    sim, region = _wedge(1e4, "uniform", rng=1)
+    rms = {m: _errors(strain.measure_strain(sim.datacube.values, reference=region == 0, method=m), sim, region)[1]
+           for m in ("fast", "plain")}
+    assert rms["fast"] <= 1.25 * rms["plain"], rms
+
+
+@pytest.fixture(scope="module")
+def particle_1e4():
+    p = particle_set(mesh_nrefs=4)["P1"]
+    sim = stem4d.simulate_particle(p, scan_shape=(40, 48), dose=1e4, disks="dynamical", rng=0)
+    res = strain.measure_strain(sim.datacube.values, reference=sim.mask.values)
+    ok = sim.mask.values & res.mask.values
+    truth = stem4d.relative_truth(sim, ok)
+    rms = max(float(np.sqrt(np.mean((res[k].values - truth[k].values)[ok] ** 2))) for k in KEYS)
+    return ok.sum() / sim.mask.values.sum(), rms, res, sim
+
+
+def test_dynamical_particle_1e4_is_measured(particle_1e4):
+    frac, rms, res, sim = particle_1e4
+    assert frac >= 0.98  # issue acceptance
+    assert not (res.mask.values & ~sim.mask.values).any()
+
+
+@pytest.mark.xfail(strict=True, reason="issue acceptance not reached: pixel RMS 1.14e-3 > 1e-3 at 1e4 e- on P1 "
+                                       "(plain template fit 1.04e-3); counting noise dominates")
+def test_dynamical_particle_1e4_pixel_rms(particle_1e4):
+    assert particle_1e4[1] <= 1e-3
