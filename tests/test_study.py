@@ -36,12 +36,14 @@ def test_presets_differ_and_validate():
     assert f.scan_shape[0] * f.scan_shape[1] > q.scan_shape[0] * q.scan_shape[1]
     assert q.particles == ("P1", "P2", "P3", "P4", "P5")
     assert json.loads(json.dumps(q.to_dict()))["scan_shape"] == [24, 28]
+    r = study.StudyConfig.realistic()
+    assert r.twin == "realistic" and q.twin == f.twin == "ideal" and r.scan_shape == q.scan_shape
 
 
 @pytest.mark.parametrize("kw, match", [
     (dict(seed=-1), "seed"), (dict(heldout="P2"), "train"), (dict(train=("P2",)), "train"),
     (dict(scan_shape=(4, 30)), "scan_shape"), (dict(n_boot=1), "n_boot"), (dict(dose=0.0), "dose"),
-    (dict(train=("P2", "P9")), "particle name"),
+    (dict(train=("P2", "P9")), "particle name"), (dict(twin="hard"), "twin"),
 ])
 def test_config_rejects_bad_values(kw, match):
     with pytest.raises(ValueError, match=match):

@@ -29,6 +29,7 @@ naming the stage and particle; other warnings are silenced.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -54,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true", help="replace DIR if it exists")
     r.add_argument("--no-budget", action="store_true", help="skip the error budget (three extra fits)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--realistic", action="store_true",
+                   help="the realistic twin: dynamical Bragg disks, per-frame X-ray offsets and artefacts "
+                        "(with --quick: the quick sizes)")
     m = sub.add_parser("learn", help="learn the eigenstrain law from correlated stacks (.nc or published .mat)",
                        description="Read correlated stacks, align them with the crystal, re-reference the strain "
                                    "to FePO4, learn eps0(X) with cross-validated degree and bootstrap intervals, "
@@ -272,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
 
     progress = not args.no_progress
     config = study.StudyConfig.quick(seed=args.seed) if args.quick else study.StudyConfig.full(seed=args.seed)
+    if args.realistic:
+        config = dataclasses.replace(config, twin="realistic", label=f"{config.label}-realistic")
     from .learning import DataWarning
 
     t0 = time.perf_counter()
