@@ -729,6 +729,17 @@ def _single_itk_thread(func):
     return wrapper
 
 
+def _mask_options(arr: np.ndarray, mask, name: str) -> list[tuple[str, np.ndarray]]:
+    """The user's mask, or the automatic candidates (how, mask) of an image; raise when there is none."""
+    if mask is not None:
+        return [("given", _validate.mask(mask, name=f"{name}_mask", shape=arr.shape, min_count=10))]
+    found = [(how, m) for sc, m, how in _mask_candidates(arr, 1.0) if np.isfinite(sc)]
+    if not found:
+        raise ValueError(f"{name}: no particle found automatically (no threshold gives a solid particle covering "
+                         f"2-85 % of the image, clear of the border); pass {name}_mask=")
+    return found
+
+
 @_single_itk_thread
 def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, *,
              fixed_mask: ArrayLike | None = None, moving_mask: ArrayLike | None = None,
@@ -833,20 +844,8 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
 
     f_arr, m_arr = _despeckle(_image(fixed, "fixed")), _despeckle(_image(moving, "moving"))
     f_grid, m_grid = _grid_of(fixed, "fixed"), _grid_of(moving, "moving")
-    if fixed_mask is None:
-        f_masks = [(how, m) for sc, m, how in _mask_candidates(f_arr, 1.0) if np.isfinite(sc)]
-        if not f_masks:
-            raise ValueError("fixed: no particle found automatically (no threshold gives a solid particle covering "
-                             "2-85 % of the image, clear of the border); pass fixed_mask=")
-    else:
-        f_masks = [("given", _validate.mask(fixed_mask, name="fixed_mask", shape=f_arr.shape, min_count=10))]
-    if moving_mask is None:
-        m_masks = [(how, m) for sc, m, how in _mask_candidates(m_arr, 1.0) if np.isfinite(sc)]
-        if not m_masks:
-            raise ValueError("moving: no particle found automatically (no threshold gives a solid particle covering "
-                             "2-85 % of the image, clear of the border); pass moving_mask=")
-    else:
-        m_masks = [("given", _validate.mask(moving_mask, name="moving_mask", shape=m_arr.shape, min_count=10))]
+    f_masks = _mask_options(f_arr, fixed_mask, "fixed")
+    m_masks = _mask_options(m_arr, moving_mask, "moving")
     if content == "auto":
         content = "intensity" if fixed_mask is not None and moving_mask is not None else "clipped"
     pairs = _mask_pairs(f_masks, m_masks, f_grid, m_grid)

@@ -187,6 +187,27 @@ def _integrate(func, yy: np.ndarray, xx: np.ndarray, pixel_nm: float, lin: np.nd
     return acc / _SUPERSAMPLE**2
 
 
+def _coords(yv: np.ndarray, xv: np.ndarray, frame: str) -> dict:
+    return {"y": ("y", yv, {"units": "nm", "long_name": f"y ({frame})"}),
+            "x": ("x", xv, {"units": "nm", "long_name": f"x ({frame})"})}
+
+
+def _fixed_image(values: np.ndarray, fy: np.ndarray, fx: np.ndarray, kind: str) -> xr.DataArray:
+    """The X-ray image as a DataArray: a thickness map (nm) or a scaled optical density."""
+    return xr.DataArray(values, dims=("y", "x"), coords=_coords(fy, fx, "X-ray frame"), name=kind,
+                        attrs={"units": "nm" if kind == "thickness" else "1",
+                               "long_name": "X-ray thickness map" if kind == "thickness"
+                               else "X-ray optical density at 710 eV (scaled)"})
+
+
+def _geometry_inputs(particle: Particle, shift_nm, shear: float, rng):
+    """Checked shift (nm), random generator and outline extent shared by the pair simulators."""
+    shift = np.asarray(_validate.array(shift_nm, name="shift_nm", shape=(2,), finite=True), dtype=float)
+    if abs(shear) >= 0.5:
+        raise ValueError(f"shear must satisfy |shear| < 0.5, got {shear!r}")
+    return shift, _validate.rng(rng), _outline_extent(particle)
+
+
 def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pixel_nm: float = 7.5,
                   rotation_rad: float = 0.0, scale: float = 1.0, shear: float = 0.0,
                   mirror: bool = False, shift_nm: tuple[float, float] = (0.0, 0.0),
@@ -253,11 +274,7 @@ def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pix
     _validate.choice(fixed_kind, ("thickness", "od"), name="fixed_kind")
     _validate.positive(noise, name="noise", allow_zero=True)
     _validate.positive(blur_px, name="blur_px", allow_zero=True)
-    shift = np.asarray(_validate.array(shift_nm, name="shift_nm", shape=(2,), finite=True), dtype=float)
-    if abs(shear) >= 0.5:
-        raise ValueError(f"shear must satisfy |shear| < 0.5, got {shear!r}")
-    g = _validate.rng(rng)
-    outline = _outline_extent(particle)
+    shift, g, outline = _geometry_inputs(particle, shift_nm, shear, rng)
 
     # fixed grid: particle frame, axis-aligned, particle centred
     ext = np.abs(outline).max(axis=0)
@@ -316,14 +333,8 @@ def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pix
                       mirror=bool(mirror), shift_nm=(float(shift[0]), float(shift[1])),
                       fixed_pixel_nm=pf, moving_pixel_nm=pm)
 
-    def coords(yv, xv, frame):
-        return {"y": ("y", yv, {"units": "nm", "long_name": f"y ({frame})"}),
-                "x": ("x", xv, {"units": "nm", "long_name": f"x ({frame})"})}
-    fixed_da = xr.DataArray(fixed, dims=("y", "x"), coords=coords(fy, fx, "X-ray frame"), name=fixed_kind,
-                            attrs={"units": "nm" if fixed_kind == "thickness" else "1",
-                                   "long_name": "X-ray thickness map" if fixed_kind == "thickness"
-                                   else "X-ray optical density at 710 eV (scaled)"})
-    moving_da = xr.DataArray(moving, dims=("y", "x"), coords=coords(my + centre[0], mx + centre[1], "scan frame"),
+    fixed_da = _fixed_image(fixed, fy, fx, fixed_kind)
+    moving_da = xr.DataArray(moving, dims=("y", "x"), coords=_coords(my + centre[0], mx + centre[1], "scan frame"),
                              name=contrast,
                              attrs={"units": "1", "long_name": f"4D-STEM virtual {contrast.replace('_', '-')}"})
     return fixed_da, moving_da, truth
@@ -636,11 +647,7 @@ def simulate_realistic_pair(particle: Particle, *, fixed_pixel_nm: float = 5.0, 
         raise ValueError(f"blob_px must be (min, max) with 0 < min <= max, got {tuple(blob)}")
     if int(holes) < 0:
         raise ValueError(f"holes must be >= 0, got {holes!r}")
-    shift = np.asarray(_validate.array(shift_nm, name="shift_nm", shape=(2,), finite=True), dtype=float)
-    if abs(shear) >= 0.5:
-        raise ValueError(f"shear must satisfy |shear| < 0.5, got {shear!r}")
-    g = _validate.rng(rng)
-    outline = _outline_extent(particle)
+    shift, g, outline = _geometry_inputs(particle, shift_nm, shear, rng)
 
     # fixed grid: particle frame, the particle's bounding box fills ~`fill` of each axis... of the area
     ext = np.abs(outline).max(axis=0)
@@ -697,15 +704,9 @@ def simulate_realistic_pair(particle: Particle, *, fixed_pixel_nm: float = 5.0, 
                       fixed_pixel_nm=pf, moving_pixel_nm=pm,
                       fixed_mask=particle.contains(fyy, fxx), moving_mask=particle.contains(*mp))
 
-    def coords(yv, xv, frame):
-        return {"y": ("y", yv, {"units": "nm", "long_name": f"y ({frame})"}),
-                "x": ("x", xv, {"units": "nm", "long_name": f"x ({frame})"})}
-    fixed_da = xr.DataArray(fixed, dims=("y", "x"), coords=coords(fy, fx, "X-ray frame"), name=fixed_kind,
-                            attrs={"units": "nm" if fixed_kind == "thickness" else "1",
-                                   "long_name": "X-ray thickness map" if fixed_kind == "thickness"
-                                   else "X-ray optical density at 710 eV (scaled)"})
+    fixed_da = _fixed_image(fixed, fy, fx, fixed_kind)
     name = "dark_field_inverted" if invert_moving else "dark_field"
-    moving_da = xr.DataArray(moving, dims=("y", "x"), coords=coords(my, mx, "scan frame"), name=name,
+    moving_da = xr.DataArray(moving, dims=("y", "x"), coords=_coords(my, mx, "scan frame"), name=name,
                              attrs={"units": "1", "long_name": "4D-STEM virtual dark field"
                                     + (" (inverted)" if invert_moving else "")})
     return fixed_da, moving_da, truth
