@@ -33,10 +33,15 @@ doi:10.1107/S0108768192009467, as quoted in structure databases, rounded to 5 de
     O2 4c (0.45710, 1/4, 0.20602)
     O3 8d (0.16558, 0.04646, 0.28478)
 
-The same fractional positions are used for every X (the FePO4 positions differ
-by < 0.02 in fractional coordinates, irrelevant for a demonstration of
-strain mapping); the reference lattice is FePO4 (the twin's strain is
-relative to FePO4).
+This uniform-disk renderer uses the same LiFePO4 fractional positions for every
+X, on the local (Vegard) lattice. That is an approximation: published heterosite
+(FePO4) refinements move some atoms by more than a few hundredths in fractional
+coordinates — O2 z by about 0.05, Fe and O1 z by about 0.03 — so the disk
+intensities of Li-poor regions are only indicative. Disk *positions*, which
+carry the strain, depend on the lattice alone and are unaffected. (The
+multislice disk-content library used by the dynamical twin places FePO4 with
+a documented placeholder, see ``data/README.md``.) The reference lattice is
+FePO4 (the twin's strain is relative to FePO4).
 
 Electron scattering factors are the screened-Coulomb (Wentzel) model in the
 first Born approximation, ``f(q) = 2 Z / (a0 (q^2 + 1/R^2))`` with
