@@ -1578,14 +1578,18 @@ LEARN_SLOPE_X = 0.5
 LEARN_MEAN_RANGE = (0.2, 0.8)
 
 
-def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
+def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0,
+                 stiffness_uncertainty: float = 0.1):
     """Learn the law from correlated stacks as ``python -m chemomech learn`` does.
 
     Each stack is turned onto a grid aligned with the crystal
     (:func:`chemomech.correlate.align_to_crystal`), the strain is re-referenced
     to FePO4 and the law fitted with a cross-validated degree, SIMEX when the
-    stacks carry ``X_sigma``, and bootstrap intervals
-    (``fit_eigenstrain(..., reference="fepo4")``).
+    stacks carry ``X_sigma`` (white noise: a stack read from a file does not
+    say how its X was resampled), and intervals from the bootstrap widened by
+    the stiffness term (``fit_eigenstrain(..., reference="fepo4",
+    stiffness_uncertainty=...)``). They do not include the registration's
+    uncertainty, which the stacks do not record.
 
     Parameters
     ----------
@@ -1594,6 +1598,8 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         crystal frame, ``attrs["crystal_angle_rad"]`` giving the grid's angle.
     max_degree, n_boot, seed
         Highest degree tried, bootstrap replicates, seed of folds and bootstrap.
+    stiffness_uncertainty : float
+        Relative uncertainty of each stiffness constant for the intervals (0: none).
 
     Returns
     -------
@@ -1603,7 +1609,7 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     summary : dict
         ``slopes`` (d eps0/dX at X = 0.5), ``slope_interval`` (95 %), ``mean_slope``
         (mean over X in [0.2, 0.8]), ``degree``, ``pixels``, ``sigma_X``, ``particles``,
-        ``reference_strain``, ``crystal_angle_rad``.
+        ``reference_strain``, ``crystal_angle_rad``, ``interval_terms`` (what the interval includes).
     """
     from . import correlate
 
@@ -1612,7 +1618,8 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
     model = fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
                             mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
-                            max_degree=max_degree, n_boot=n_boot, rng=seed)
+                            max_degree=max_degree, n_boot=n_boot, stiffness_uncertainty=stiffness_uncertainty,
+                            rng=seed)
     lo, hi = model.interval([LEARN_SLOPE_X])
     slope = model.derivative([LEARN_SLOPE_X])[0]
     mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
@@ -1623,6 +1630,7 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
         "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
         "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
+        "interval_terms": list(model.interval_terms),
         "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
         "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
         "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
