@@ -726,7 +726,8 @@ def summary_dict(result: StudyResult, budget: xr.Dataset | None = None, *, secon
     h = result.heldout
     out = {
         "slopes": {"X": SLOPE_X, "learned": pair("learned"), "truth": pair("truth"), "literature": pair("literature"),
-                   "interval": {"level": 0.95, "low": pair("low"), "high": pair("high")},
+                   "interval": {"level": 0.95, "low": pair("low"), "high": pair("high"),
+                                "terms": str(result.slopes.attrs.get("interval_terms", ""))},
                    "rel_error": pair("rel_error"), "degree": int(result.model.degree),
                    "sigma_X": None if result.sigma_X is None else float(result.sigma_X)},
         "heldout": {"particle": result.config.heldout, "strain_rms": float(h["strain_rms"]),
