@@ -630,7 +630,7 @@ def _registration_term(model: learning.EigenstrainModel, config: StudyConfig, me
                                                          config.registration_sd_px, gen))
                       for n in config.train]
             deltas.append(refit(stacks) - base)
-    return model.add_spread(np.array(deltas), rng=gen,
+    return model.add_spread(np.array(deltas),
                             term=f"registration ±{config.registration_sd_px:g} px RMS ({config.n_perturb} refits)")
 
 
