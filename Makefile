@@ -39,7 +39,7 @@ help:
 	@echo "make test       unit tests + doctests + nbval of every chapter"
 	@echo "make check-html after make book: open every page in headless Chromium (network blocked), check it"
 	@echo "make env        create/update $(VENV) from requirements.lock (run by book and test)"
-	@echo "make lint       ruff check lib tests"
+	@echo "make lint       ruff check lib tests tools"
 	@echo "make clean      remove $(BUILD), caches and data/generated (keeps $(VENV))"
 	@echo "make distclean  clean + remove $(VENV)"
 
@@ -97,7 +97,7 @@ check-html: $(STAMP)
 
 # ------------------------------------------------------------------ housekeeping
 lint: $(STAMP)
-	$(BIN)/ruff check lib tests
+	$(BIN)/ruff check lib tests tools
 
 clean:
 	rm -rf $(BUILD) .pytest_cache .hypothesis .ruff_cache data/generated

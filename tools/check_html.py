@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -59,17 +60,25 @@ def pages(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.html") if not SKIP_DIRS & set(p.relative_to(root).parts[:-1]))
 
 
-def render(browser: str, page: Path, *, screenshot: Path | None, profile: Path) -> str:
-    """The DOM of `page` after its scripts ran, and optionally a screenshot."""
+def render(browser: str, page: Path, *, screenshot: Path | None) -> str:
+    """The DOM of `page` after its scripts ran, and optionally a screenshot.
+
+    Every Chromium run gets a fresh profile folder of its own: runs that share one can collide
+    on its lock while an earlier process is still exiting.
+    """
     url = page.resolve().as_uri()
-    base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={BUDGET_MS}"]
-    dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120)
+
+    def run(extra):
+        with tempfile.TemporaryDirectory(prefix="check-html-") as profile:
+            base = [browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={BUDGET_MS}"]
+            return subprocess.run(base + extra + [url], capture_output=True, text=True, timeout=120)
+
+    dom = run(["--dump-dom"])
     if dom.returncode != 0:
         raise RuntimeError(f"chromium failed on {page}: {dom.stderr.strip()[-500:]}")
     if screenshot is not None:
         screenshot.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(base + ["--hide-scrollbars", "--window-size=1280,1800", f"--screenshot={screenshot}", url],
-                       capture_output=True, text=True, timeout=120)
+        run(["--hide-scrollbars", "--window-size=1280,1800", f"--screenshot={screenshot}"])
     return dom.stdout
 
 
@@ -127,7 +136,6 @@ def check_site(root: Path, *, screens: Path | None = None, workers: int = 2) -> 
     found = pages(root)
     if not found:
         raise SystemExit(f"check_html: no HTML pages under {root}")
-    profiles = root.parent / ".chromium-profiles"
 
     def one(item):
         k, page = item
@@ -136,12 +144,11 @@ def check_site(root: Path, *, screens: Path | None = None, workers: int = 2) -> 
         if target is not None:   # a redirect (the site's root index): its target must exist, it is checked itself
             return str(rel), [] if target.is_file() else [f"redirects to a missing page: {target.name}"]
         shot = None if screens is None else screens / rel.with_suffix(".png")
-        dom = render(browser, page, screenshot=shot, profile=profiles / str(k % workers))
+        dom = render(browser, page, screenshot=shot)
         return str(rel), problems(page, dom)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = dict(pool.map(one, enumerate(found)))
-    shutil.rmtree(profiles, ignore_errors=True)
     return {k: v for k, v in results.items() if v}
 
 
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     for page, msgs in sorted(bad.items()):
         for msg in msgs:
             print(f"{page}: {msg}")
-    print(f"check_html: {n - len(bad)} of {n} pages pass" + (f"; screenshots in {args.screens}" if args.screens else ""))
+    shots = f"; screenshots in {args.screens}" if args.screens else ""
+    print(f"check_html: {n - len(bad)} of {n} pages pass{shots}")
     return 1 if bad else 0
 
 

@@ -586,20 +586,14 @@ def _cross_validate(parts, nrm, degrees, *, folds, rng, smoothness, monotonic):
 
 
 def _select_degree(degrees, err) -> int:
-    """Smallest degree within one standard error of the best one's cross-validated error.
-
-    The standard error is that of the best degree's mean over the folds (the
-    classic one-standard-error rule). A paired rule (the SE of the fold-by-fold
-    differences) is tighter and, with four or five folds, let a cubic win on a
-    7 % lower CV error whose folds happened to agree, which moved the slope at
-    X = 0.5 by 16 % where the particles leave few pixels.
-    """
+    """Smallest degree within one standard error (of the paired fold difference) of the best."""
     mean = err.mean(axis=1)
     best = int(np.argmin(mean))
     nf = err.shape[1]
-    se = err[best].std(ddof=1) / np.sqrt(nf) if nf > 1 else 0.0
     for i in range(best + 1):
-        if mean[i] - mean[best] <= se:
+        diff = err[i] - err[best]
+        se = diff.std(ddof=1) / np.sqrt(nf) if nf > 1 else 0.0
+        if diff.mean() <= se:
             return int(degrees[i])
     return int(degrees[best])
 
