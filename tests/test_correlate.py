@@ -110,3 +110,46 @@ def test_assembly_steps(pair):
         assert_allclose(turned[k].values, want[k].values, atol=1e-15, equal_nan=True)
     with pytest.raises(ValueError, match="crystal_angle_rad"):
         correlate.correlate(strain_ds, xanes, reg, crystal_angle_rad=[0.1, 0.2])
+
+
+def test_x_is_not_clipped_but_x_xray_is(pair):
+    # a noisy X may leave [0, 1]; clipping it would bias it where X = 0 and X = 1 domains sit
+    _, fixed, moving, truth, strain_ds, xanes = pair
+    reg = Registration.from_matrix(truth.matrix, fixed, moving)
+    shifted = xanes.assign(X=xanes.X + 0.5)
+    full = correlate.correlate(strain_ds, shifted, reg)
+    m = full.mask.values
+    assert full.X.values[m].max() > 1.2        # the biphasic particle's X = 1 domains, moved to 1.5
+    assert full.X_xray.values[m].max() <= 1.0   # kept clipped, for display
+
+
+def _lag1(img, m):
+    v = np.where(m, img - np.nanmean(img[m]), np.nan)
+    return np.nanmean(v[:, :-1] * v[:, 1:]) / np.nanvar(v[m])
+
+
+def test_x_noise_sampler_has_the_gain_and_correlation_of_the_resampling(pair):
+    _, fixed, moving, truth, strain_ds, xanes = pair
+    reg = Registration.from_matrix(truth.matrix, fixed, moving)
+    m = correlate.correlate(strain_ds, xanes, reg).mask.values
+    sig = np.full(fixed.shape, 0.1)
+    draw = correlate.x_noise_sampler(reg, sig)
+    g = np.random.default_rng(0)
+    draws = [draw(g) for _ in range(20)]
+    std = np.sqrt(np.mean([np.var(d[m]) for d in draws]))
+    # what correlate does to white X-ray noise of std 0.1 (5 stacks of ~10^3 correlated pixels: ~5 %)
+    seen = []
+    for _ in range(5):
+        noisy = xanes.assign(X=xanes.X.copy(data=0.5 + 0.1 * g.standard_normal(fixed.shape)))
+        st = correlate.correlate(strain_ds, noisy, reg)
+        seen.append(np.var(st.X.values[m] - 0.5))
+    assert_allclose(std, np.sqrt(np.mean(seen)), rtol=0.1)
+    # neighbouring pixels share scan samples: correlated (white X-ray noise: uncorrelated, |r| < 0.1 from
+    # 20 draws of ~10^3 pixels)
+    assert np.mean([_lag1(d, m) for d in draws]) > 0.3
+    white = correlate.x_noise_sampler(reg, sig, match_resolution=False)
+    assert abs(np.mean([_lag1(white(g), m) for _ in range(20)])) < 0.1
+    with pytest.raises(TypeError, match="registration"):
+        correlate.x_noise_sampler("reg", sig)
+    with pytest.raises(ValueError, match="X_sigma"):
+        correlate.x_noise_sampler(reg, np.ones((3, 3)))

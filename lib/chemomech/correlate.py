@@ -17,7 +17,10 @@ worth):
 - ``match_resolution``: X is brought to the resolution of the strain — sampled
   at the scan positions and interpolated back, the operator the strain went
   through — and its standard deviation is scaled by the factor that operator
-  applies to white noise;
+  applies to white noise. X is not clipped to [0, 1] (clipping would bias it
+  where X = 0 and X = 1 domains sit); the noise it keeps is spatially
+  correlated by the operator, which :func:`x_noise_sampler` reproduces for
+  the learning's SIMEX;
 - ``crystal_angle_rad``: the strain is turned into the crystal frame (x ∥ a,
   y ∥ c), the frame in which the eigenstrain is diagonal.
 
@@ -38,7 +41,7 @@ from . import _validate, geometry
 from . import strain as strain_module
 from .registration import Registration
 
-__all__ = ["STACK_VARIABLES", "align_to_crystal", "correlate", "noise_gain"]
+__all__ = ["STACK_VARIABLES", "align_to_crystal", "correlate", "noise_gain", "x_noise_sampler"]
 
 #: Variables every correlated stack holds (plus any virtual images).
 STACK_VARIABLES = _validate.STACK_VARIABLES
@@ -74,9 +77,10 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
         valid value) before resampling.
     match_resolution : bool
         Bring X to the 4D-STEM resolution (``X``; the X-ray-resolution map is
-        kept as ``X_xray``), clip it to [0, 1], scale ``X_sigma`` by the noise
-        gain of that operator, and keep only the largest connected piece of
-        the joint mask.
+        kept as ``X_xray``, clipped to [0, 1] for display), scale ``X_sigma``
+        by the noise gain of that operator, and keep only the largest
+        connected piece of the joint mask. ``X`` itself is not clipped: noise
+        may take it slightly outside [0, 1], which the learning accepts.
 
     Returns
     -------
@@ -226,6 +230,57 @@ def noise_gain(registration: Registration, mask: np.ndarray) -> float:
     return float(np.median(vals)) if vals.size else 1.0
 
 
+def x_noise_sampler(registration: Registration, X_sigma, *, match_resolution: bool = True):
+    """A function drawing the noise of the stack's X, with the spatial correlation resampling gives it.
+
+    The X map's noise is taken as independent between X-ray pixels, with standard
+    deviation `X_sigma` (X-ray resolution, before any noise gain). With
+    `match_resolution` (as :func:`correlate` does by default) each draw is passed
+    through the same operator as X: sampled at the scan positions and
+    interpolated back. Pass the result to ``fit_eigenstrain(X_noise=...)``
+    for SIMEX with the noise the stack's X really carries.
+
+    Parameters
+    ----------
+    registration : chemomech.registration.Registration
+        The registration the stack was assembled with.
+    X_sigma : array_like or xarray.DataArray
+        Standard deviation of X on the X-ray (fixed) grid, e.g. ``xanes["X_sigma"]``
+        (NaN pixels take the nearest finite value).
+    match_resolution : bool
+        Whether the stack's X went through the resolution matching.
+
+    Returns
+    -------
+    callable
+        ``draw(rng) -> numpy.ndarray`` of the fixed grid's shape (NaN where the
+        scan does not cover it).
+
+    Examples
+    --------
+    >>> reg = Registration.from_matrix(np.diag([0.5, 0.5, 1.0]), np.zeros((40, 40)), np.zeros((20, 20)))
+    >>> draw = x_noise_sampler(reg, np.full((40, 40), 0.1))
+    >>> d = draw(np.random.default_rng(0))[4:36, 4:36]
+    >>> bool(0.03 < d.std() < 0.1)   # averaged: less than the X-ray noise, and correlated
+    True
+    """
+    if not isinstance(registration, Registration):
+        raise TypeError(f"registration must be a Registration, got {type(registration).__name__}")
+    shape = registration.fixed_grid.shape
+    sig = _validate.array(X_sigma, name="X_sigma", shape=shape, any_finite=True).astype(float)
+    sig = _nearest_fill(sig)
+    if np.any(sig < 0):
+        raise ValueError("X_sigma must be >= 0")
+
+    def draw(rng: np.random.Generator) -> np.ndarray:
+        white = sig * _validate.rng(rng).standard_normal(shape)
+        if not match_resolution:
+            return white
+        return registration.warp(_sample_on_moving(white, registration))
+
+    return draw
+
+
 def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration) -> xr.Dataset:
     """X at the strain's resolution, its sigma scaled by the operator's noise gain, one connected mask."""
     keep = geometry.largest_component(out["mask"].values)
@@ -234,7 +289,7 @@ def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration) -> xr
     gain = noise_gain(reg, keep)
     out["X_xray"] = out["X"].clip(0.0, 1.0).where(keep).assign_attrs(
         units="1", long_name="Li fraction X at the X-ray resolution")
-    out["X"] = out["X"].copy(data=np.clip(np.where(keep, matched, np.nan), 0.0, 1.0)).assign_attrs(
+    out["X"] = out["X"].copy(data=np.where(keep, matched, np.nan)).assign_attrs(
         units="1", long_name="Li fraction X at the 4D-STEM resolution")
     out["X_sigma"] = (out["X_sigma"] * gain).assign_attrs(units="1", long_name="standard deviation of X")
     keep &= np.isfinite(out["X"].values)

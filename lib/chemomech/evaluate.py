@@ -205,8 +205,10 @@ def slope_table(model, law, *, at_X: float = 0.5) -> xr.Dataset:
     -------
     xarray.Dataset
         On dim ``component`` (``aa``, ``cc``): ``learned``, ``low``/``high`` (95 %
-        bootstrap interval), ``truth``, ``literature`` (Vegard) and
-        ``rel_error`` = learned / truth − 1; ``attrs`` X and degree.
+        interval), ``truth``, ``literature`` (Vegard) and
+        ``rel_error`` = learned / truth − 1; ``attrs`` X, degree and
+        ``interval_terms`` (what the interval includes:
+        :attr:`chemomech.learning.EigenstrainModel.interval_terms`).
     """
     xs = [float(at_X)]
     learned = model.derivative(xs)[0]
@@ -217,12 +219,14 @@ def slope_table(model, law, *, at_X: float = 0.5) -> xr.Dataset:
     one = {"units": "1"}
     return xr.Dataset(
         {"learned": ("component", learned, {**one, "long_name": "learned d eps0/dX"}),
-         "low": ("component", lo[0], {**one, "long_name": "95 % bootstrap interval, low"}),
-         "high": ("component", hi[0], {**one, "long_name": "95 % bootstrap interval, high"}),
+         "low": ("component", lo[0], {**one, "long_name": "95 % interval, low"}),
+         "high": ("component", hi[0], {**one, "long_name": "95 % interval, high"}),
          "truth": ("component", truth, {**one, "long_name": "injected law (truth)"}),
          "literature": ("component", lit, {**one, "long_name": "Vegard's law (lattice parameters)"}),
          "rel_error": ("component", learned / truth - 1.0, {**one, "long_name": "learned / truth - 1"})},
-        coords={"component": comp}, attrs={"X": float(at_X), "degree": model.degree})
+        coords={"component": comp},
+        attrs={"X": float(at_X), "degree": model.degree,
+               "interval_terms": "; ".join(getattr(model, "interval_terms", ()) or ("bootstrap",))})
 
 
 def heldout_test(model, strain: xr.Dataset, X: xr.DataArray, mask: ArrayLike, law, *,

@@ -89,6 +89,11 @@ MAX_DEGREE = 5
 MIN_PIXELS_PER_PARAMETER = 10
 #: Side of the square spatial blocks used for bootstrap and spatial CV, pixels.
 BLOCK_PX = 8
+#: How far a noisy X may leave [0, 1] inside a mask before it is refused (a noisy estimate is
+#: not clipped: clipping biases X exactly where domains of X = 0 and X = 1 sit).
+X_NOISE_MARGIN = 0.5
+#: Default number of refits with a perturbed stiffness for the stiffness term of the intervals.
+N_PERTURB = 8
 #: Slopes reported by :meth:`EigenstrainModel.summary`.
 SUMMARY_X = (0.25, 0.5, 0.75)
 _COMPONENTS = ("aa", "cc")
@@ -249,10 +254,11 @@ def _resolve_mask(strain: xr.Dataset | None, X: xr.DataArray, mask, *, xname: st
                       f"(NaN or inf); they are left out of the fit ({n_fit} pixels remain) but stay part of the "
                       "particle's mechanics, with X interpolated there", DataWarning, stacklevel=3)
     vals = xv[fit]
-    if np.any(vals < 0.0) or np.any(vals > 1.0):
-        raise ValueError(f"{xname} must lie in [0, 1] inside the mask; got values in "
-                         f"[{vals.min():.3g}, {vals.max():.3g}]. Clip a noisy estimate with "
-                         f"{xname}.clip(0, 1) or mask the offending pixels")
+    lo, hi = -X_NOISE_MARGIN, 1.0 + X_NOISE_MARGIN
+    if np.any(vals < lo) or np.any(vals > hi):
+        raise ValueError(f"{xname} must be a Li fraction: values slightly outside [0, 1] from noise are accepted, "
+                         f"but inside the mask they must lie in [{lo:g}, {hi:g}]; got values in "
+                         f"[{vals.min():.3g}, {vals.max():.3g}]. Is it a Li fraction?")
     return body, fit
 
 
@@ -627,6 +633,11 @@ class EigenstrainModel:
     reference_strain : dict of str to numpy.ndarray or None
         With ``reference="fepo4"``: strain ``(e_aa, e_cc, e_ac)`` of each training
         particle's reference lattice relative to FePO4 (:func:`reference_strain`).
+    interval_terms : tuple of str
+        What the replicates ``coef_boot`` (and so :meth:`interval`) include: the
+        bootstrap, the SIMEX shift, and any spread added by a stiffness term
+        (``fit_eigenstrain(stiffness_uncertainty=...)``) or by :meth:`add_spread`
+        (e.g. the registration term of :func:`chemomech.study.run_study`).
     """
 
     degree: int
@@ -640,6 +651,7 @@ class EigenstrainModel:
     bootstrap: str = "blocks"
     training: tuple = field(default_factory=tuple)
     reference_strain: dict | None = None
+    interval_terms: tuple = field(default_factory=tuple)
 
     @classmethod
     def from_law(cls, law, degree: int, *, boundary: str = "free", stiffness: ArrayLike | None = None,
@@ -669,6 +681,44 @@ class EigenstrainModel:
         _check_int(upsample, name="upsample", minimum=1)
         return cls(int(degree), coef, np.empty((0, 2, int(degree))), {}, boundary, q, int(upsample))
 
+    def add_spread(self, deltas: ArrayLike, *, term: str) -> "EigenstrainModel":
+        """A copy whose replicates also carry another source of uncertainty.
+
+        The deltas are centred on their mean (the term adds spread, not a
+        shift) and every replicate is combined with every delta: the new
+        replicates (``n_boot * n`` of them) are the exact sum of the two
+        empirical distributions (independent sources). Use it for what the
+        bootstrap cannot see, e.g. coefficient changes when the fit is repeated
+        with perturbed registrations or stiffness.
+
+        Parameters
+        ----------
+        deltas : array_like, shape (n, 2, degree)
+            Coefficient changes, one per perturbed refit (perturbed minus unperturbed
+            refit made the same way), n >= 2.
+        term : str
+            What they describe (recorded in :attr:`interval_terms`).
+
+        Examples
+        --------
+        >>> m = EigenstrainModel(1, np.array([[0.05], [-0.02]]), np.zeros((4, 2, 1)), {}, "free",
+        ...                      np.eye(3), 1)
+        >>> w = m.add_spread([[[0.03], [0.0]], [[0.01], [0.0]]], term="demo")
+        >>> w.coef_boot.shape, sorted(set(np.round(w.coef_boot[:, 0, 0], 3).tolist())), w.interval_terms
+        ((8, 2, 1), [-0.01, 0.01], ('demo',))
+        """
+        d = _validate.array(deltas, name="deltas", finite=True).astype(float)
+        if d.ndim != 3 or d.shape[1:] != self.coef.shape or d.shape[0] < 2:
+            raise ValueError(f"deltas must have shape (n >= 2, 2, {self.degree}), got {d.shape}")
+        if not isinstance(term, str) or not term:
+            raise TypeError(f"term must be a non-empty str, got {term!r}")
+        nb = self.coef_boot.shape[0]
+        if nb < 2:
+            raise ValueError("the model has no bootstrap replicates to widen; fit with n_boot >= 2")
+        d = d - d.mean(axis=0)
+        boots = (self.coef_boot[:, None] + d[None]).reshape((-1,) + self.coef.shape)
+        return dataclasses.replace(self, coef_boot=boots, interval_terms=tuple(self.interval_terms) + (term,))
+
     # -- the law ----------------------------------------------------------------
 
     @staticmethod
@@ -688,7 +738,10 @@ class EigenstrainModel:
 
     def interval(self, X: ArrayLike, *, quantity: str = "derivative", level: float = 0.95
                  ) -> tuple[np.ndarray, np.ndarray]:
-        """Bootstrap percentile interval ``(low, high)``, each ``(len(X), 2)``.
+        """Percentile interval ``(low, high)`` of the replicates, each ``(len(X), 2)``.
+
+        The replicates are the bootstrap's, shifted by the SIMEX correction and
+        widened by any further terms (:attr:`interval_terms`).
 
         Parameters
         ----------
@@ -786,7 +839,7 @@ class EigenstrainModel:
         _check_pixels(int(fit.sum()), 3 if self.boundary == "free" else 0, "mask")
         fwd, keep, xb, _ = _particle_data(strain, X, body, fit, stiffness=self.stiffness, boundary=self.boundary,
                                           upsample=self.upsample, mname="mask", name=name)
-        e = self.eigenstrain(xb)
+        e = legendre_basis(xb, self.degree) @ self.coef.T  # measured X may leave [0, 1] by its noise
         e0 = np.zeros((3, xb.size))
         e0[0], e0[1] = e[:, 0], e[:, 1]
         pred = fwd.response(e0, with_boundary=True)
@@ -908,7 +961,8 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                     smoothness: float = 0.0, monotonic: bool = False, n_boot: int = 100,
                     bootstrap: str = "auto", block_px: int = BLOCK_PX,
                     sigma_X: float | None = None, simex_lambdas: Sequence[float] = (0.5, 1.0, 1.5, 2.0),
-                    simex_n_sim: int = 3, reference: str | None = None,
+                    simex_n_sim: int = 3, reference: str | None = None, X_noise=None,
+                    stiffness_uncertainty: float = 0.0, n_perturb: int = N_PERTURB,
                     rng: np.random.Generator | int | None = None, progress: bool = False) -> EigenstrainModel:
     """Learn ``eps0(X)`` from strain and Li maps, constrained by mechanical equilibrium.
 
@@ -918,7 +972,9 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
         ``exx``, ``eyy``, ``exy`` on ``("y", "x")`` in the crystal frame (x ∥ a,
         y ∥ c), square pixels. A sequence trains jointly on several particles.
     X : xarray.DataArray or sequence of DataArray
-        Li fraction on the same grid(s), in [0, 1] inside the mask.
+        Li fraction on the same grid(s). A noisy estimate should not be clipped
+        (clipping biases X where X = 0 and X = 1 domains sit); values within
+        ``X_NOISE_MARGIN`` (0.5) of [0, 1] are accepted.
     mask : array_like of bool or sequence, optional
         Particle pixels (one edge-connected piece each); default: finite in
         both, enclosed holes filled. Pixels of a mask whose strain or X is not
@@ -960,11 +1016,21 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     block_px : int
         Side of the square spatial blocks, pixels.
     sigma_X : float, optional
-        Standard deviation of the noise in X. When given, the regression
-        dilution it causes is removed by SIMEX: extra noise of variance
-        ``lambda * sigma_X**2`` is added to X, the FEM responses, the CV curve
-        and the coefficients are recomputed, and both are extrapolated
-        (quadratically) back to ``lambda = -1``.
+        Standard deviation of the noise in X, taken as white (independent
+        pixels). When given, the regression dilution it causes is removed by
+        SIMEX: extra noise of variance ``lambda * sigma_X**2`` is added to X, the
+        FEM responses, the CV curve and the coefficients are recomputed, and both
+        are extrapolated (quadratically) back to ``lambda = -1``.
+    X_noise : callable or sequence of callable, optional
+        The noise in X as it really is, for SIMEX in place of white noise: one
+        callable per particle (or one for a single particle), ``draw(rng) ->
+        ndarray`` of X's shape, returning one realisation of the noise with its
+        full amplitude and spatial correlation (e.g. white X-ray noise passed
+        through the resampling the map went through:
+        :func:`chemomech.correlate.x_noise_sampler`). The FEM response averages
+        correlated noise less than white noise, so SIMEX with white noise of the
+        right variance under-corrects. Given, `sigma_X` is not needed (and is
+        ignored).
     simex_lambdas : sequence of float
         Added-noise multipliers for SIMEX.
     simex_n_sim : int
@@ -974,14 +1040,25 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
         (a free offset per component absorbs any uniform reference strain).
         ``"fepo4"``: the maps are Bragg-disk strain relative to each particle's
         own reference region (:func:`chemomech.strain.measure_strain`), whose
-        lattice is not FePO4; a first fit (no bootstrap, no SIMEX) gives each
-        particle's offsets, :func:`reference_strain` turns them into the
+        lattice is not FePO4; a first fit (no bootstrap, with the same SIMEX as
+        the final fit) gives each particle's offsets (the mean residual of the
+        particle under the corrected law, as :meth:`EigenstrainModel.to_fepo4`
+        finds them for a held-out particle), :func:`reference_strain` turns them into the
         reference lattice's strain relative to FePO4, the maps are re-expressed
         relative to FePO4 (:func:`chemomech.strain.change_reference`) and the
         law is fitted again. Without this the slopes are scaled by
         ``1 / (1 + e_ref)`` (about 2–5 % for the twin's particles). Needs
         ``boundary="free"``. The model records the result in
         :attr:`EigenstrainModel.reference_strain`.
+    stiffness_uncertainty : float
+        Relative uncertainty of the stiffness (e.g. 0.1: real particles'
+        constants may be 10 % off the model's, or depend on X). With ``> 0`` (and
+        ``n_boot > 0``) the law is refitted `n_perturb` times at the selected
+        degree with each of Q_aa, Q_cc, Q_ac and Q_66 scaled by an independent
+        uniform factor in ``1 ± stiffness_uncertainty``, and the coefficient
+        changes are added to the bootstrap replicates (:meth:`EigenstrainModel.add_spread`).
+    n_perturb : int
+        Refits for the stiffness term.
     rng : numpy.random.Generator or int, optional
         Seed for CV fold assignment, SIMEX and the bootstrap (an int seed is
         used as is by both passes of ``reference="fepo4"``).
@@ -991,6 +1068,10 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     Returns
     -------
     EigenstrainModel
+        Its intervals (:meth:`EigenstrainModel.interval`) include the bootstrap
+        (blocks within particles and/or particles), the SIMEX shift, and the
+        stiffness term when asked; not the registration (the caller's, see
+        :meth:`EigenstrainModel.add_spread`). :attr:`EigenstrainModel.interval_terms` lists them.
 
     Notes
     -----
@@ -1017,13 +1098,16 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                          "fitted offsets, which a Dirichlet fit does not have)")
     _validate.choice(bootstrap, ("auto", "blocks", "particles", "both"), name="bootstrap")
     for nm, v, lo in (("upsample", upsample, 1), ("max_degree", max_degree, 1), ("block_px", block_px, 1),
-                      ("n_boot", n_boot, 0), ("simex_n_sim", simex_n_sim, 1)):
+                      ("n_boot", n_boot, 0), ("simex_n_sim", simex_n_sim, 1), ("n_perturb", n_perturb, 2)):
         _check_int(v, name=nm, minimum=lo)
     if degree is not None and (isinstance(degree, bool) or not isinstance(degree, (int, np.integer))
                                or degree < 1):
         raise ValueError(f"degree must be None or an int >= 1, got {degree!r}")
     _validate.positive(smoothness, name="smoothness", allow_zero=True)
     sig_x = None if sigma_X is None else _validate.positive(sigma_X, name="sigma_X")
+    stiff_u = _validate.positive(stiffness_uncertainty, name="stiffness_uncertainty", allow_zero=True)
+    if stiff_u >= 0.5:
+        raise ValueError(f"stiffness_uncertainty must be < 0.5 (a relative uncertainty), got {stiff_u}")
     _check_lambdas(simex_lambdas, name="simex_lambdas", min_size=2)
     _validate.rng(rng)  # type check before any FEM work
     strains = _as_list(strain, xr.Dataset)
@@ -1060,21 +1144,83 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
                                      particle=names[i])
         _check_pixels(int(fit_px.sum()), n_off + (2 * dmax if len(strains) == 1 else 0), nm)
         resolved.append((body, fit_px))
-    parts = _prepare(strains, Xs, resolved, stiffness=q, boundary=boundary, upsample=int(upsample),
-                     degree_max=dmax, names=names, block_px=int(block_px), progress=progress)
+    noise = _noise_drawers(X_noise, sig_x, Xs, resolved)
+    prep = dict(boundary=boundary, upsample=int(upsample), names=names, block_px=int(block_px))
+    parts = _prepare(strains, Xs, resolved, stiffness=q, degree_max=dmax, progress=progress, **prep)
     total = sum(p.X.size for p in parts)
     _check_pixels(total, 2 * dmax + n_off * len(parts), "mask (all particles)")
     fit = dict(degree=degree, degrees=np.arange(1, dmax + 1) if degree is None else np.array([int(degree)]),
                n_off=n_off, bootstrap=bootstrap, block_px=int(block_px), smoothness=smoothness,
                monotonic=monotonic, simex_lambdas=simex_lambdas, simex_n_sim=simex_n_sim, stiffness=q,
                boundary=boundary, upsample=int(upsample))
-    refs = None
+    refs, raw_parts = None, parts
     if reference == "fepo4":
-        # the FEM responses depend on X and the mask only: the second pass reuses them with re-referenced strain
-        first = _fit_parts(parts, n_boot=0, sigma_X=None, rng=rng, **fit)
+        # the FEM responses depend on X and the mask only: the second pass reuses them with re-referenced strain;
+        # both passes treat the X noise alike (and alike to EigenstrainModel.to_fepo4 for a held-out particle)
+        first = _fit_parts(parts, n_boot=0, noise=noise, rng=rng, **fit)
         refs = {p.name: reference_strain(first.offsets[p.name]) for p in parts}
         parts = [_rereferenced(p, refs[p.name]) for p in parts]
-    return _fit_parts(parts, n_boot=int(n_boot), sigma_X=sig_x, rng=rng, reference_strain=refs, **fit)
+    model = _fit_parts(parts, n_boot=int(n_boot), noise=noise, rng=rng, reference_strain=refs, **fit)
+    if stiff_u > 0 and model.coef_boot.shape[0] >= 2:
+        gen = np.random.default_rng(_validate.rng(rng).integers(2**63))
+        opts = dict(smoothness=smoothness, monotonic=monotonic, n_off=n_off, reference=reference)
+        base = _naive_coef(model.degree, raw=raw_parts, **opts)
+        deltas = []
+        for _ in range(int(n_perturb)):
+            qp = _perturbed_stiffness(q, stiff_u, gen)
+            raw = _prepare(strains, Xs, resolved, stiffness=qp, degree_max=model.degree, **prep)
+            deltas.append(_naive_coef(model.degree, raw=raw, **opts) - base)
+        model = model.add_spread(np.array(deltas),
+                                 term=f"stiffness ±{stiff_u:.0%} per constant ({int(n_perturb)} refits)")
+    return model
+
+
+def _perturbed_stiffness(q: np.ndarray, u: float, gen: np.random.Generator) -> np.ndarray:
+    """Q with Q_aa, Q_cc, Q_ac (symmetric) and Q_66 scaled by independent factors uniform in 1 ± u."""
+    f = 1.0 + u * gen.uniform(-1.0, 1.0, 4)
+    scale = np.array([[f[0], f[2], 1.0], [f[2], f[1], 1.0], [1.0, 1.0, f[3]]])
+    return q * scale
+
+
+def _naive_coef(degree: int, *, raw, smoothness, monotonic, n_off, reference) -> np.ndarray:
+    """Coefficients of a plain fit (no SIMEX) at `degree`, with the reference pass when asked."""
+    opts = dict(smoothness=smoothness, monotonic=monotonic)
+    nrm = _normal_blocks(raw, n_off=n_off)
+    coef, off = _fit_subset(nrm, np.ones(nrm.G.shape[0]), degree, **opts)
+    if reference == "fepo4":
+        rr = [_rereferenced(p, reference_strain(off[j])) for j, p in enumerate(raw)]
+        nrm = _normal_blocks(rr, n_off=n_off)
+        coef = _fit_subset(nrm, np.ones(nrm.G.shape[0]), degree, **opts)[0]
+    return coef
+
+
+def _noise_drawers(X_noise, sigma, Xs, resolved) -> list | None:
+    """Per particle, a function rng -> noise at its fitted pixels (fwd order), or None without SIMEX."""
+    if X_noise is None:
+        if sigma is None:
+            return None
+        return [(lambda g, n=int(fit.sum()): sigma * g.standard_normal(n)) for _, fit in resolved]
+    fns = [X_noise] if callable(X_noise) else (list(X_noise) if isinstance(X_noise, Sequence) else [X_noise])
+    if len(fns) != len(Xs) or not all(callable(f) for f in fns):
+        raise TypeError(f"X_noise must be a callable rng -> noise map, or a sequence of {len(Xs)} such callables "
+                        "(one per particle)")
+    out = []
+    for i, (f, x, (body, fit)) in enumerate(zip(fns, Xs, resolved)):
+        rows, cols = np.nonzero(body)
+        keep = fit[rows, cols]
+        r, c = rows[keep], cols[keep]
+
+        def draw(g, f=f, r=r, c=c, shape=x.shape, i=i):
+            d = np.asarray(f(g), dtype=float)
+            if d.shape != shape:
+                raise ValueError(f"X_noise[{i}] returned shape {d.shape}, expected the X map's {shape}")
+            v = d[r, c]
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"X_noise[{i}] returned non-finite noise at fitted pixels")
+            return v
+
+        out.append(draw)
+    return out
 
 
 def _rereferenced(p: _Particle, ref: np.ndarray) -> _Particle:
@@ -1118,11 +1264,10 @@ def reference_strain(offsets: ArrayLike) -> np.ndarray:
 
 
 def _fit_parts(parts: list[_Particle], *, degree, degrees, n_off, n_boot, bootstrap, block_px, smoothness,
-               monotonic, sigma_X, simex_lambdas, simex_n_sim, stiffness, boundary, upsample, rng,
+               monotonic, noise, simex_lambdas, simex_n_sim, stiffness, boundary, upsample, rng,
                reference_strain=None) -> EigenstrainModel:
     """Degree selection, SIMEX, final coefficients and bootstrap on prepared particles."""
     gen = _validate.rng(rng)
-    sig_x = sigma_X
     nrm = _normal_blocks(parts, n_off=n_off)
     if bootstrap == "auto":
         bootstrap = "both" if len(parts) >= 3 else "blocks"
@@ -1140,8 +1285,8 @@ def _fit_parts(parts: list[_Particle], *, degree, degrees, n_off, n_boot, bootst
 
     err = cv_errors(parts, nrm)
     coefs = all_coefs(nrm)
-    if sigma_X is not None:
-        err, coefs, sim = _simex_fit(parts, err, coefs, sigma=sig_x, lambdas=simex_lambdas, n_sim=simex_n_sim,
+    if noise is not None:
+        err, coefs, sim = _simex_fit(parts, err, coefs, noise=noise, lambdas=simex_lambdas, n_sim=simex_n_sim,
                                      rng=gen, n_off=n_off, block_px=block_px, cv_errors=cv_errors,
                                      all_coefs=all_coefs)
     cv = None
@@ -1153,34 +1298,39 @@ def _fit_parts(parts: list[_Particle], *, degree, degrees, n_off, n_boot, bootst
             coords={"degree": ("degree", degrees, {"units": "1", "long_name": "polynomial degree"}),
                     "fold": ("fold", np.arange(err.shape[1]), {"units": "1", "long_name": "fold"})},
             attrs={"folds": "leave-one-particle-out" if folds == "particles" else "spatial blocks",
-                   "selected": chosen, "simex": int(sigma_X is not None)},
+                   "selected": chosen, "simex": int(noise is not None)},
         )
     else:
         chosen = int(degree)
     coef = coefs[int(np.flatnonzero(degrees == chosen)[0])]
-    off = _fit_subset(nrm, np.ones(nrm.G.shape[0]), chosen, **opts)[1]
     boots = _bootstrap(nrm, chosen, n_boot=int(n_boot), how=bootstrap, rng=gen, **opts)
-    if sigma_X is not None and boots.size:
+    terms = (f"bootstrap ({bootstrap})",) if boots.size else ()
+    if noise is not None and boots.size:
         # centre the replicates on the corrected estimate (the bootstrap measures spread, SIMEX the bias)
         naive = _fit_subset(nrm, np.ones(nrm.G.shape[0]), chosen, **opts)[0]
         boots = boots + (coef - naive)[None]
-    offsets = {p.name: (off[j] if n_off else np.zeros(3)) for j, p in enumerate(parts)}
+        terms += ("SIMEX shift",)
+    # each particle's offsets: its mean residual under the final (SIMEX-corrected) law, as
+    # EigenstrainModel.residual finds them for a new particle (without SIMEX: the least-squares offsets)
+    offsets = {p.name: ((p.y - _predict_law(p, coef)).mean(axis=1) if n_off else np.zeros(3)) for p in parts}
     return EigenstrainModel(chosen, coef, boots, offsets, boundary, stiffness, upsample, cv, bootstrap,
-                            tuple(p.name for p in parts), reference_strain)
+                            tuple(p.name for p in parts), reference_strain, terms)
 
 
-def _simex_fit(parts, err0, coefs0, *, sigma, lambdas, n_sim, rng, n_off, block_px, cv_errors, all_coefs):
+def _simex_fit(parts, err0, coefs0, *, noise, lambdas, n_sim, rng, n_off, block_px, cv_errors, all_coefs):
     """SIMEX over the whole fit: CV errors and coefficients as functions of the added X noise."""
     lam = np.concatenate([[0.0], np.asarray(lambdas, dtype=float)])
     errs = [err0]
     coefs = [np.concatenate([c.ravel() for c in coefs0])]
     dmax = parts[0].A.shape[3]
+    # independent draws per lambda: common random numbers (one draw, scaled) smooth the coefficient curve but
+    # made the extrapolated CV errors pick degree 2 for a cubic law on every seed tried
     for lv in lam[1:]:
         e_acc, c_acc = 0.0, 0.0
         for _ in range(n_sim):
             sim = []
-            for p in parts:
-                xs = p.X + np.sqrt(lv) * sigma * rng.standard_normal(p.X.size)
+            for j, p in enumerate(parts):
+                xs = p.X + np.sqrt(lv) * noise[j](rng)
                 if p.keep is None or p.keep.all():
                     A = p.fwd.basis_responses(xs, dmax)
                 else:  # interpolated body pixels carry no measurement noise: only the measured ones get more
@@ -1420,14 +1570,18 @@ LEARN_SLOPE_X = 0.5
 LEARN_MEAN_RANGE = (0.2, 0.8)
 
 
-def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0):
+def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0,
+                 stiffness_uncertainty: float = 0.1):
     """Learn the law from correlated stacks as ``python -m chemomech learn`` does.
 
     Each stack is turned onto a grid aligned with the crystal
     (:func:`chemomech.correlate.align_to_crystal`), the strain is re-referenced
     to FePO4 and the law fitted with a cross-validated degree, SIMEX when the
-    stacks carry ``X_sigma``, and bootstrap intervals
-    (``fit_eigenstrain(..., reference="fepo4")``).
+    stacks carry ``X_sigma`` (white noise: a stack read from a file does not
+    say how its X was resampled), and intervals from the bootstrap widened by
+    the stiffness term (``fit_eigenstrain(..., reference="fepo4",
+    stiffness_uncertainty=...)``). They do not include the registration's
+    uncertainty, which the stacks do not record.
 
     Parameters
     ----------
@@ -1436,6 +1590,8 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         crystal frame, ``attrs["crystal_angle_rad"]`` giving the grid's angle.
     max_degree, n_boot, seed
         Highest degree tried, bootstrap replicates, seed of folds and bootstrap.
+    stiffness_uncertainty : float
+        Relative uncertainty of each stiffness constant for the intervals (0: none).
 
     Returns
     -------
@@ -1445,7 +1601,7 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     summary : dict
         ``slopes`` (d eps0/dX at X = 0.5), ``slope_interval`` (95 %), ``mean_slope``
         (mean over X in [0.2, 0.8]), ``degree``, ``pixels``, ``sigma_X``, ``particles``,
-        ``reference_strain``, ``crystal_angle_rad``.
+        ``reference_strain``, ``crystal_angle_rad``, ``interval_terms`` (what the interval includes).
     """
     from . import correlate
 
@@ -1454,7 +1610,8 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
     model = fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in aligned], [s["X"] for s in aligned],
                             mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
-                            max_degree=max_degree, n_boot=n_boot, rng=seed)
+                            max_degree=max_degree, n_boot=n_boot, stiffness_uncertainty=stiffness_uncertainty,
+                            rng=seed)
     lo, hi = model.interval([LEARN_SLOPE_X])
     slope = model.derivative([LEARN_SLOPE_X])[0]
     mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
@@ -1465,6 +1622,7 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         "mean_slope": {c: float(v) for c, v in zip(comps, mean)},
         "degree": int(model.degree), "pixels": int(sum(int(s["mask"].sum()) for s in aligned)),
         "X": LEARN_SLOPE_X, "mean_range": list(LEARN_MEAN_RANGE), "level": 0.95,
+        "interval_terms": list(model.interval_terms),
         "sigma_X": sig, "particles": [s.attrs["particle"] for s in aligned],
         "reference_strain": {k: [float(x) for x in v] for k, v in model.reference_strain.items()},
         "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},

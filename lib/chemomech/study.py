@@ -125,6 +125,17 @@ class StudyConfig:
         (:func:`chemomech.twin.ptycho.simulate_stack`, ``preset="realistic"``).
     label : str
         Name of the preset, reported in the outputs.
+    stiffness_uncertainty : float
+        Relative uncertainty of each stiffness constant for the stiffness term
+        of the intervals (real particles do not share the model's stiffness;
+        ``fit_eigenstrain(stiffness_uncertainty=...)``); 0: no term.
+    registration_sd_px : float
+        Expected registration error, X-ray pixels (RMS displacement), for the
+        registration term of the intervals: the law is refitted with
+        registrations perturbed by random affines of this size. 0.5 px is the
+        accuracy the registration chapter accepts (mean TRE <= 0.5 px). 0: no term.
+    n_perturb : int
+        Refits per perturbation term.
     """
 
     seed: int = 2022
@@ -141,11 +152,14 @@ class StudyConfig:
     mirror: bool = True
     max_degree: int = 3
     n_boot: int = 40
-    simex_n_sim: int = 2
+    simex_n_sim: int = 4
     mesh_nrefs: int = 6
     upsample: int = 1
     twin: str = "ideal"
     label: str = "quick"
+    stiffness_uncertainty: float = 0.1
+    registration_sd_px: float = 0.5
+    n_perturb: int = 6
 
     def __post_init__(self):
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or self.seed < 0:
@@ -162,10 +176,10 @@ class StudyConfig:
                 raise ValueError(f"{name} must be two ints >= 8, got {v!r}")
         for name in ("dose", "xray_pixel_nm", "fine_step_ev"):
             _validate.positive(getattr(self, name), name=name)
-        for name in ("xray_offset_nm", "drift_px"):
+        for name in ("xray_offset_nm", "drift_px", "stiffness_uncertainty", "registration_sd_px"):
             _validate.positive(getattr(self, name), name=name, allow_zero=True)
         for name, lo in (("max_degree", 1), ("n_boot", 2), ("simex_n_sim", 1), ("mesh_nrefs", 3),
-                         ("upsample", 1)):
+                         ("upsample", 1), ("n_perturb", 2)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
@@ -189,7 +203,7 @@ class StudyConfig:
     def full(cls, seed: int = 2022) -> StudyConfig:
         """Full size: finer scans, larger detector, 0.25 eV steps, more bootstrap."""
         return cls(seed=seed, scan_shape=(48, 56), detector_shape=(128, 128), xray_shape=(96, 108),
-                   xray_pixel_nm=4.5, fine_step_ev=0.25, max_degree=5, n_boot=200, simex_n_sim=3,
+                   xray_pixel_nm=4.5, fine_step_ev=0.25, max_degree=5, n_boot=200, simex_n_sim=8,
                    label="full")
 
     def to_dict(self) -> dict:
@@ -388,14 +402,28 @@ def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str,
         raise TypeError(f"measurement must be a ParticleMeasurement, got {type(measurement).__name__}")
     rwt = _check_stages(replace_with_truth)
     m = measurement
-    s = m.strain_truth.assign(dark_field=m.strain["dark_field"]) if "strain" in rwt else m.strain
+    reg = _registration_used(m, rwt)
+    return _assembled(m, rwt, reg)
+
+
+def _registration_used(m: ParticleMeasurement, rwt: tuple[str, ...]) -> registration.Registration:
+    return m.registration_truth if "registration" in rwt else m.registration
+
+
+def _xanes_used(m: ParticleMeasurement, rwt: tuple[str, ...]) -> xr.Dataset:
     x = m.xanes[["X", "X_sigma", "thickness", "mask"]]
     if "X" in rwt:
         ok = x["mask"].values & np.isfinite(m.xray_truth["X"].values)
         x = x.assign(X=x["X"].copy(data=np.where(ok, m.xray_truth["X"].values, np.nan)),
                      X_sigma=x["X_sigma"].copy(data=np.where(ok, 0.0, np.nan)),
                      mask=x["mask"].copy(data=ok))
-    reg = m.registration_truth if "registration" in rwt else m.registration
+    return x
+
+
+def _assembled(m: ParticleMeasurement, rwt: tuple[str, ...], reg: registration.Registration) -> xr.Dataset:
+    """The stack of `m` with the given registration (see :func:`assemble`)."""
+    s = m.strain_truth.assign(dark_field=m.strain["dark_field"]) if "strain" in rwt else m.strain
+    x = _xanes_used(m, rwt)
     out = correlate.correlate(s[["exx", "eyy", "exy", "theta", "mask", "dark_field"]], x, reg,
                               crystal_angle_rad=m.crystal_angle_rad)
     out.attrs.update(particle=m.name, batch=m.particle.batch, replaced_with_truth=",".join(rwt) or "none",
@@ -537,12 +565,22 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
     if "X" not in rwt:
         sig = float(np.nanmedian(np.concatenate([s["X_sigma"].values[s["mask"].values] for s in train])))
     seed = int(np.random.SeedSequence([config.seed, 1]).generate_state(1)[0])
+    noise = None
+    if "X" not in rwt:  # SIMEX with the X noise as the stacks carry it: X-ray noise through the resampling
+        noise = [correlate.x_noise_sampler(_registration_used(measurements[n], rwt), measurements[n].xanes["X_sigma"])
+                 for n in config.train]
     for _ in _stage_iter(("law",), "5/6 learn on " + "+".join(config.train), progress):
         model = learning.fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in train], [s["X"] for s in train],
                                          mask=[s["mask"].values for s in train], reference="fepo4", sigma_X=sig,
-                                         max_degree=config.max_degree, upsample=config.upsample,
-                                         n_boot=config.n_boot, simex_n_sim=config.simex_n_sim, rng=seed)
+                                         X_noise=noise, max_degree=config.max_degree, upsample=config.upsample,
+                                         n_boot=config.n_boot, simex_n_sim=config.simex_n_sim,
+                                         stiffness_uncertainty=config.stiffness_uncertainty,
+                                         n_perturb=config.n_perturb, rng=seed)
     seconds["learning"] = time.perf_counter() - t0
+    if config.registration_sd_px > 0 and "registration" not in rwt:
+        t0 = time.perf_counter()
+        model = _registration_term(model, config, measurements, rwt, seed)
+        seconds["registration_term"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     held = measurements[config.heldout]
@@ -562,6 +600,57 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
     slopes = evaluate.slope_table(model, held.particle.law, at_X=SLOPE_X)
     return StudyResult(config, rwt, measurements, stacks, truth, model, heldout, slopes, sig, ref, fepo4,
                        seconds)
+
+
+def _registration_term(model: learning.EigenstrainModel, config: StudyConfig, measurements: dict,
+                       rwt: tuple[str, ...], seed: int) -> learning.EigenstrainModel:
+    """Widen the model's intervals by the slope changes that registration errors of the expected size cause.
+
+    The law is refitted (selected degree, no SIMEX, no bootstrap, FePO4 reference)
+    ``config.n_perturb`` times with every training particle's registration
+    composed with a random affine of RMS size ``config.registration_sd_px``, and
+    once unperturbed; the coefficient differences are added to the bootstrap
+    replicates (:meth:`chemomech.learning.EigenstrainModel.add_spread`).
+    """
+    gen = np.random.default_rng(np.random.SeedSequence([config.seed, 2]))
+
+    def refit(stacks):
+        return learning.fit_eigenstrain([s[["exx", "eyy", "exy"]] for s in stacks], [s["X"] for s in stacks],
+                                        mask=[s["mask"].values for s in stacks], reference="fepo4",
+                                        degree=model.degree, upsample=config.upsample, n_boot=0, rng=seed).coef
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", learning.DataWarning)
+        regs = {n: _registration_used(measurements[n], rwt) for n in config.train}
+        base = refit([_assembled(measurements[n], rwt, regs[n]) for n in config.train])
+        deltas = []
+        for _ in range(config.n_perturb):
+            stacks = [_assembled(measurements[n], rwt,
+                                 _perturbed_registration(regs[n], measurements[n].xanes["mask"].values,
+                                                         config.registration_sd_px, gen))
+                      for n in config.train]
+            deltas.append(refit(stacks) - base)
+    return model.add_spread(np.array(deltas),
+                            term=f"registration ±{config.registration_sd_px:g} px RMS ({config.n_perturb} refits)")
+
+
+def _perturbed_registration(reg: registration.Registration, mask: np.ndarray, sd_px: float,
+                            gen: np.random.Generator) -> registration.Registration:
+    """`reg` composed with a random affine on the fixed grid of RMS displacement about `sd_px` over `mask`.
+
+    Translation ~ N(0, sd/sqrt(2)) per axis; the linear part's entries ~ N(0, sd / (2 R)),
+    R the RMS radius of the mask, about the mask's centroid.
+    """
+    rows, cols = np.nonzero(mask)
+    c = np.array([rows.mean(), cols.mean()])
+    radius = float(np.sqrt(np.mean((rows - c[0]) ** 2 + (cols - c[1]) ** 2)))
+    t = gen.normal(0.0, sd_px / np.sqrt(2.0), 2)
+    lin = gen.normal(0.0, sd_px / (2.0 * max(radius, 1.0)), (2, 2))
+    P = np.eye(3)
+    P[:2, :2] += lin
+    P[:2, 2] = t - lin @ c
+    out = dataclasses.replace(reg, matrix=reg.matrix @ P)
+    return out
 
 
 def _defect_centre_xray(m: ParticleMeasurement, centre_nm) -> tuple[float, float]:
@@ -637,7 +726,8 @@ def summary_dict(result: StudyResult, budget: xr.Dataset | None = None, *, secon
     h = result.heldout
     out = {
         "slopes": {"X": SLOPE_X, "learned": pair("learned"), "truth": pair("truth"), "literature": pair("literature"),
-                   "interval": {"level": 0.95, "low": pair("low"), "high": pair("high")},
+                   "interval": {"level": 0.95, "low": pair("low"), "high": pair("high"),
+                                "terms": str(result.slopes.attrs.get("interval_terms", ""))},
                    "rel_error": pair("rel_error"), "degree": int(result.model.degree),
                    "sigma_X": None if result.sigma_X is None else float(result.sigma_X)},
         "heldout": {"particle": result.config.heldout, "strain_rms": float(h["strain_rms"]),
