@@ -20,27 +20,14 @@ from chemomech import strain
 from chemomech.twin import stem4d
 
 KEYS = ("exx", "eyy", "exy", "theta")
-#: (exx, eyy, exy, theta) of each block right of the reference
-STATES = ((0.01, 0, 0, 0), (-0.01, 0, 0, 0), (0, 0.01, 0, 0), (0, -0.01, 0, 0),
-          (0, 0, 0.005, 0), (0, 0, -0.005, 0), (0, 0, 0, np.deg2rad(1.0)))
+STATES = stem4d.WEDGE_STATES
 BLOCK = 4
-TILT_MRAD = (1.0, -0.6)
 
 
-def wedge_scan(*, dose: float, disks: str, ny: int = 8, rng=0, tilt=TILT_MRAD, thickness=(20.0, 60.0),
-               convergence_mrad: float = 0.4):
+def wedge_scan(*, dose: float, disks: str, ny: int = 8, rng=0, convergence_mrad: float = 0.4):
     """Simulate the wedge scan; returns the simulation and the region label of every pixel (0 = reference)."""
-    nx = BLOCK * (len(STATES) + 1)
-    region = np.repeat(np.arange(len(STATES) + 1), BLOCK)[None].repeat(ny, 0)
-    fields = [np.zeros((ny, nx)) for _ in KEYS]
-    for i, st in enumerate(STATES, start=1):
-        for f, v in zip(fields, st):
-            f[region == i] = v
-    thick = np.linspace(*thickness, nx)[None].repeat(ny, 0)
     setup = stem4d.DiffractionSetup(convergence_mrad=convergence_mrad)
-    sim = stem4d.simulate_fields(*fields, thick, setup=setup, dose=dose, disks=disks,
-                                 tilt_mrad=np.broadcast_to(np.asarray(tilt, float), (ny, nx, 2)), rng=rng)
-    return sim, region
+    return stem4d.simulate_wedge(block=BLOCK, rows=ny, setup=setup, dose=dose, disks=disks, rng=rng)
 
 
 def errors(res, sim, region):

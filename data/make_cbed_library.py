@@ -44,7 +44,7 @@ intensities sum to ~1 minus the part scattered outside the simulated grid).
 Structures. Lattice parameters as in the book (``shared/science.md``): LiFePO4 a, b, c =
 10.332, 6.010, 4.692 Å; FePO4 9.821, 5.792, 4.788 Å. LiFePO4 atom positions are the
 single-crystal X-ray refinement of Streltsov et al., Acta Cryst. B49, 147 (1993),
-doi:10.1107/S0108768192009467 (the values the twin already uses, ``stem4d.LFP_ATOMS``); they
+doi:10.1107/S0108768192009467 (the values the twin already uses, ``chemomech.materials.LFP_ATOMS``); they
 agree to < 2e-4 with the independent refinement of Janssen et al., Chem. Mater. 25, 4574
 (2013), doi:10.1021/cm4027682 (COD 4001848), whose U_iso values (293 K) give the B factors
 below. FePO4 (heterosite) positions: the published refinements (Andersson et al., Solid State
@@ -85,21 +85,12 @@ from pathlib import Path
 
 import numpy as np
 
+from chemomech.materials import LATTICE_FP_ANGSTROM, LATTICE_LFP_ANGSTROM, LFP_ATOMS, PNMA_OPERATIONS
+
 VOLTAGE_KV = 300.0  # accelerating voltage, kV
 ENERGY_EV = VOLTAGE_KV * 1e3
-LATTICE_A = {  # a, b, c in Å (shared/science.md)
-    "FP": (9.821, 5.792, 4.788),
-    "LFP": (10.332, 6.010, 4.692),
-}
-#: LiFePO4 asymmetric unit (element, x, y, z), Streltsov et al. (1993), doi:10.1107/S0108768192009467.
-LFP_ATOMS = (
-    ("Li", 0.0, 0.0, 0.0),
-    ("Fe", 0.28222, 0.25, 0.97472),
-    ("P", 0.09486, 0.25, 0.41820),
-    ("O", 0.09678, 0.25, 0.74279),
-    ("O", 0.45710, 0.25, 0.20602),
-    ("O", 0.16558, 0.04646, 0.28478),
-)
+#: a, b, c in Å of each phase (chemomech.materials, with their sources).
+LATTICE_A = {"FP": LATTICE_FP_ANGSTROM, "LFP": LATTICE_LFP_ANGSTROM}
 #: FePO4: LiFePO4 positions without Li (placeholder, see the module docstring).
 FP_ATOMS = tuple(row for row in LFP_ATOMS if row[0] != "Li")
 ATOMS = {"FP": FP_ATOMS, "LFP": LFP_ATOMS}
@@ -114,18 +105,6 @@ ATOM_SOURCE = {
 #: Isotropic displacement U_iso (Å^2), LiFePO4 at 293 K, Janssen et al. (2013), doi:10.1021/cm4027682;
 #: O is the mean of O1-O3. Used for both phases.
 U_ISO_A2 = {"Li": 0.0166, "Fe": 0.00667, "P": 0.00522, "O": 0.00894}
-#: General positions of Pnma (No. 62): (signs, translation).
-PNMA_OPERATIONS = (
-    ((1, 1, 1), (0.0, 0.0, 0.0)),
-    ((-1, -1, 1), (0.5, 0.0, 0.5)),
-    ((-1, 1, -1), (0.0, 0.5, 0.0)),
-    ((1, -1, -1), (0.5, 0.5, 0.5)),
-    ((-1, -1, -1), (0.0, 0.0, 0.0)),
-    ((1, 1, -1), (0.5, 0.0, 0.5)),
-    ((1, -1, 1), (0.0, 0.5, 0.0)),
-    ((-1, 1, 1), (0.5, 0.5, 0.5)),
-)
-
 GPTS_PER_CELL = (128, 64)  # grid points along a (x) and c (y)
 SLICES_PER_CELL = 4
 BEAM_SHIFT_FRAC = 0.125  # atoms shifted by b/8 along the beam: no atom on a slice boundary

@@ -16,25 +16,13 @@ from chemomech import strain
 from chemomech.twin import particle_set, stem4d
 
 KEYS = ("exx", "eyy", "exy", "theta")
-#: the issue's homogeneous states: +-1 % normal, +-0.5 % shear, 1 degree rotation
-STATES = ((0.01, 0, 0, 0), (-0.01, 0, 0, 0), (0, 0.01, 0, 0), (0, -0.01, 0, 0),
-          (0, 0, 0.005, 0), (0, 0, -0.005, 0), (0, 0, 0, np.deg2rad(1.0)))
+STATES = stem4d.WEDGE_STATES  # +-1 % normal, +-0.5 % shear, 1 degree rotation
 BLOCK = 4  # scan columns per state
-TILT_MRAD = (1.0, -0.6)  # the whole wedge slightly off the zone axis
 
 
 def _wedge(dose, disks, ny=8, rng=0):
     """Thickness 20 -> 60 nm from left to right; reference = the 4 leftmost columns (thinnest)."""
-    nx = BLOCK * (len(STATES) + 1)
-    region = np.repeat(np.arange(len(STATES) + 1), BLOCK)[None].repeat(ny, 0)
-    fields = [np.zeros((ny, nx)) for _ in KEYS]
-    for i, st in enumerate(STATES, start=1):
-        for f, v in zip(fields, st):
-            f[region == i] = v
-    thick = np.linspace(20.0, 60.0, nx)[None].repeat(ny, 0)
-    sim = stem4d.simulate_fields(*fields, thick, dose=dose, disks=disks, rng=rng,
-                                 tilt_mrad=np.broadcast_to(np.asarray(TILT_MRAD), (ny, nx, 2)))
-    return sim, region
+    return stem4d.simulate_wedge(block=BLOCK, rows=ny, dose=dose, disks=disks, rng=rng)
 
 
 def _errors(res, sim, region):

@@ -62,12 +62,10 @@ from numpy.typing import ArrayLike
 from scipy.special import erfc
 
 from .. import _validate
-from ..materials import LATTICE_FP_ANGSTROM, LFP_ATOMS
+from ..materials import LATTICE_FP_ANGSTROM, LFP_ATOMS, PNMA_OPERATIONS
 from .particle import Particle
 
 __all__ = [
-    "LFP_ATOMS",
-    "PNMA_OPERATIONS",
     "DiffractionSetup",
     "electron_wavelength_A",
     "unit_cell_atoms",
@@ -76,21 +74,12 @@ __all__ = [
     "reciprocal_basis",
     "simulate_fields",
     "simulate_uniform",
+    "simulate_wedge",
+    "WEDGE_STATES",
     "simulate_particle",
     "relative_truth",
 ]
 
-#: General positions of Pnma (No. 62, standard setting): (sign x, sign y, sign z), translation.
-PNMA_OPERATIONS = (
-    ((1, 1, 1), (0.0, 0.0, 0.0)),
-    ((-1, -1, 1), (0.5, 0.0, 0.5)),
-    ((-1, 1, -1), (0.0, 0.5, 0.0)),
-    ((1, -1, -1), (0.5, 0.5, 0.5)),
-    ((-1, -1, -1), (0.0, 0.0, 0.0)),
-    ((1, 1, -1), (0.5, 0.0, 0.5)),
-    ((1, -1, 1), (0.0, 0.5, 0.0)),
-    ((-1, 1, 1), (0.5, 0.5, 0.5)),
-)
 _Z = {"Li": 3, "Fe": 26, "P": 15, "O": 8}
 _BOHR_A = 0.529177  # Bohr radius, Å
 _DEBYE_WALLER_A2 = 0.5  # isotropic B, Å^2
@@ -114,7 +103,7 @@ def electron_wavelength_A(voltage_kV: float) -> float:
 def unit_cell_atoms() -> list[tuple[str, np.ndarray]]:
     """All atoms of the LiFePO4 unit cell: ``[(element, (n, 3) fractional positions)]``.
 
-    Applies the eight Pnma operations to :data:`LFP_ATOMS` and removes duplicates
+    Applies the eight Pnma operations to :data:`chemomech.materials.LFP_ATOMS` and removes duplicates
     (special positions), giving 4 Li, 4 Fe, 4 P and 16 O.
 
     Examples
@@ -613,6 +602,64 @@ def simulate_fields(exx: ArrayLike, eyy: ArrayLike, exy: ArrayLike, theta: Array
                "rotation_rad": float(rotation_rad), "disk_radius_px": setup.disk_radius_px, "disks": disks},
     )
     return ds
+
+
+#: Homogeneous states (exx, eyy, exy, theta) of :func:`simulate_wedge`: ±1 % normal, ±0.5 % shear, 1° rotation.
+WEDGE_STATES = ((0.01, 0.0, 0.0, 0.0), (-0.01, 0.0, 0.0, 0.0), (0.0, 0.01, 0.0, 0.0), (0.0, -0.01, 0.0, 0.0),
+                (0.0, 0.0, 0.005, 0.0), (0.0, 0.0, -0.005, 0.0), (0.0, 0.0, 0.0, float(np.deg2rad(1.0))))
+
+
+def simulate_wedge(*, states=WEDGE_STATES, block: int = 4, rows: int = 8,
+                   thickness_nm: tuple[float, float] = (20.0, 60.0), tilt_mrad: tuple[float, float] = (1.0, -0.6),
+                   rng: np.random.Generator | int | None = None, **options) -> tuple[xr.Dataset, np.ndarray]:
+    """Homogeneous strain states side by side across a thickness wedge.
+
+    The scan has `rows` rows; its leftmost `block` columns are the unstrained
+    reference, then each state of `states` fills the next `block` columns. The
+    thickness rises linearly from the first to the last column, and the crystal
+    is tilted by `tilt_mrad` everywhere, so with ``disks="dynamical"`` the disk
+    contents change along the scan while the strain does not.
+
+    Parameters
+    ----------
+    states : sequence of (exx, eyy, exy, theta)
+        The homogeneous states, left to right (default :data:`WEDGE_STATES`).
+    block : int
+        Scan columns per state (and of the reference).
+    rows : int
+        Scan rows.
+    thickness_nm : (float, float)
+        Thickness at the first and last column, nm.
+    tilt_mrad : (float, float)
+        Crystal tilt (along a*, c*), mrad.
+    rng : numpy.random.Generator or int, optional
+    **options
+        Passed to :func:`simulate_fields` (``dose``, ``disks``, ``setup``, ...).
+
+    Returns
+    -------
+    sim : xarray.Dataset
+        From :func:`simulate_fields`.
+    region : numpy.ndarray of int, shape (rows, columns)
+        0 for the reference, ``i`` for the ``i``-th state.
+
+    Examples
+    --------
+    >>> sim, region = simulate_wedge(block=1, rows=2, dose=1e5, rng=0)
+    >>> sim.datacube.shape[:2], region[0].tolist()
+    ((2, 8), [0, 1, 2, 3, 4, 5, 6, 7])
+    """
+    for name, v in (("block", block), ("rows", rows)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    st = _validate.array(states, name="states", ndim=2, finite=True)
+    if st.shape[1] != 4:
+        raise ValueError(f"states must be rows of (exx, eyy, exy, theta), got shape {st.shape}")
+    region = np.repeat(np.arange(st.shape[0] + 1), int(block))[None].repeat(int(rows), 0)
+    fields = [np.concatenate([[0.0], st[:, i]])[region] for i in range(4)]
+    thick = np.linspace(*thickness_nm, region.shape[1])[None].repeat(int(rows), 0)
+    tilt = np.broadcast_to(np.asarray(tilt_mrad, float), region.shape + (2,))
+    return simulate_fields(*fields, thick, tilt_mrad=tilt, rng=rng, **options), region
 
 
 def simulate_uniform(*, exx: float = 0.0, eyy: float = 0.0, exy: float = 0.0, theta: float = 0.0,
