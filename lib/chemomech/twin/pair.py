@@ -200,6 +200,14 @@ def _fixed_image(values: np.ndarray, fy: np.ndarray, fx: np.ndarray, kind: str) 
                                else "X-ray optical density at 710 eV (scaled)"})
 
 
+def _grid_inputs(particle: Particle, fixed_pixel_nm: float, moving_pixel_nm: float, scale: float):
+    """Checked particle, pixel sizes (nm) and scan scale shared by the pair simulators."""
+    if not isinstance(particle, Particle):
+        raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
+    return (_validate.positive(fixed_pixel_nm, name="fixed_pixel_nm"),
+            _validate.positive(moving_pixel_nm, name="moving_pixel_nm"), _validate.positive(scale, name="scale"))
+
+
 def _geometry_inputs(particle: Particle, shift_nm, shear: float, rng):
     """Checked shift (nm), random generator and outline extent shared by the pair simulators."""
     shift = np.asarray(_validate.array(shift_nm, name="shift_nm", shape=(2,), finite=True), dtype=float)
@@ -265,11 +273,7 @@ def simulate_pair(particle: Particle, *, fixed_pixel_nm: float = 6.0, moving_pix
     >>> bool(np.linalg.det(truth.matrix[:2, :2]) < 0)
     True
     """
-    if not isinstance(particle, Particle):
-        raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
-    pf = _validate.positive(fixed_pixel_nm, name="fixed_pixel_nm")
-    pm = _validate.positive(moving_pixel_nm, name="moving_pixel_nm")
-    scale = _validate.positive(scale, name="scale")
+    pf, pm, scale = _grid_inputs(particle, fixed_pixel_nm, moving_pixel_nm, scale)
     _validate.choice(contrast, ("bright_field", "dark_field"), name="contrast")
     _validate.choice(fixed_kind, ("thickness", "od"), name="fixed_kind")
     _validate.positive(noise, name="noise", allow_zero=True)
@@ -631,11 +635,7 @@ def simulate_realistic_pair(particle: Particle, *, fixed_pixel_nm: float = 5.0, 
     >>> 0.2 < truth.fixed_mask.mean() < 0.6, bool(np.linalg.det(truth.matrix[:2, :2]) < 0)
     (True, True)
     """
-    if not isinstance(particle, Particle):
-        raise TypeError(f"particle must be a chemomech.twin.particle.Particle, got {type(particle).__name__}")
-    pf = _validate.positive(fixed_pixel_nm, name="fixed_pixel_nm")
-    pm = _validate.positive(moving_pixel_nm, name="moving_pixel_nm")
-    scale = _validate.positive(scale, name="scale")
+    pf, pm, scale = _grid_inputs(particle, fixed_pixel_nm, moving_pixel_nm, scale)
     _validate.choice(fixed_kind, ("thickness", "od"), name="fixed_kind")
     _validate.positive(noise, name="noise", allow_zero=True)
     _validate.positive(xray_resolution_px, name="xray_resolution_px", allow_zero=True)
