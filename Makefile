@@ -4,6 +4,7 @@
 #   make test   # unit tests + doctests + every chapter under nbval
 #   make env    # (run by both) create/update .venv from requirements.lock; fast no-op when current
 #   make check-html  # after make book: every page in headless Chromium, network blocked (run by .ci/run)
+#   make mutation    # mutation testing of six analysis modules with mutmut (slow; not part of CI)
 #   make lint | clean | distclean
 #
 # Needs only GNU make and Python 3.11 (override with `make PYTHON=/path/to/python3.11 ...`).
@@ -32,13 +33,14 @@ export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env test unit nbval book check-html lint clean distclean
+.PHONY: help env test unit nbval book check-html mutation lint clean distclean
 
 help:
 	@echo "make book       build the book (clean, executed, -W) -> $(BUILD)/html/index.html"
 	@echo "make test       unit tests + doctests + nbval of every chapter"
 	@echo "make check-html after make book: open every page in headless Chromium (network blocked), check it"
 	@echo "make env        create/update $(VENV) from requirements.lock (run by book and test)"
+	@echo "make mutation   mutmut over elasticity, _diskfind, learning, strain, xanes, registration (slow)"
 	@echo "make lint       ruff check lib tests tools"
 	@echo "make clean      remove $(BUILD), caches and data/generated (keeps $(VENV))"
 	@echo "make distclean  clean + remove $(VENV)"
@@ -94,6 +96,29 @@ check-html: $(STAMP)
 	$(PY) -m pytest -q -m browser tests/test_check_html.py
 	rm -rf $(BUILD)/screens
 	$(PY) tools/check_html.py $(BUILD)/html --screens $(BUILD)/screens
+
+# ------------------------------------------------------------------ mutation testing
+# Not part of `make test` or .ci/run: hours on one core. mutmut 3 (requirements-mutation.txt, installed
+# into .venv here, not by `make env`) derives module names from src/ layouts only, so the package is
+# copied to $(MUT)/src/chemomech with the tests, the data and the [tool.mutmut] config of pyproject.toml,
+# and mutmut runs there; its results (mutants/) persist between runs, so a second run only redoes what
+# changed. Select modules with MUTANTS, e.g. `make mutation MUTANTS='chemomech.elasticity.*'`;
+# MUTATION_JOBS sets the parallel workers. Summary: `cd $(MUT) && ../../$(BIN)/mutmut results`.
+MUT           := $(BUILD)/mutation
+MUTANTS       ?=
+MUTATION_JOBS ?= 2
+
+mutation: $(STAMP)
+	$(PY) -m pip install -q -r requirements-mutation.txt
+	mkdir -p $(MUT)/src
+	rm -rf $(MUT)/src/chemomech $(MUT)/tests $(MUT)/data
+	cp -a lib/chemomech $(MUT)/src/chemomech
+	cp -a tests data pyproject.toml $(MUT)/
+	find $(MUT)/src $(MUT)/tests -name __pycache__ -type d -prune -exec rm -rf {} +
+	cd $(MUT) && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	cd $(MUT) && $(CURDIR)/$(BIN)/mutmut results --all true > results.txt || true
+	@echo "mutmut results: $(MUT)/results.txt"
 
 # ------------------------------------------------------------------ housekeeping
 lint: $(STAMP)
