@@ -103,10 +103,15 @@ check-html: $(STAMP)
 # copied to $(MUT)/src/chemomech with the tests, the data and the [tool.mutmut] config of pyproject.toml,
 # and mutmut runs there; its results (mutants/) persist between runs, so a second run only redoes what
 # changed. Select modules with MUTANTS, e.g. `make mutation MUTANTS='chemomech.elasticity.*'`;
-# MUTATION_JOBS sets the parallel workers. Summary: `cd $(MUT) && ../../$(BIN)/mutmut results`.
-MUT           := $(BUILD)/mutation
-MUTANTS       ?=
-MUTATION_JOBS ?= 2
+# MUTATION_SAMPLE=N runs a seeded random sample of N mutants per module instead (all of them number
+# ~16 000; needs the mutants from an earlier run; MUTATION_MODULES narrows it). MUTATION_JOBS sets the
+# parallel workers. Summary: `cd $(MUT) && ../../$(BIN)/mutmut results`; triage in
+# benchmarks/mutation_triage.md.
+MUT              := $(BUILD)/mutation
+MUTANTS          ?=
+MUTATION_SAMPLE  ?=
+MUTATION_MODULES ?= elasticity _diskfind learning strain xanes registration
+MUTATION_JOBS    ?= 2
 
 mutation: $(STAMP)
 	$(PY) -m pip install -q -r requirements-mutation.txt
@@ -115,8 +120,11 @@ mutation: $(STAMP)
 	cp -a lib/chemomech $(MUT)/src/chemomech
 	cp -a tests data pyproject.toml $(MUT)/
 	find $(MUT)/src $(MUT)/tests -name __pycache__ -type d -prune -exec rm -rf {} +
-	cd $(MUT) && OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
-	  nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(MUTANTS)
+	cd $(MUT) && names="$(MUTANTS)" && \
+	  if [ -n "$(MUTATION_SAMPLE)" ]; then \
+	    names=$$($(CURDIR)/$(PY) $(CURDIR)/benchmarks/mutation_sample.py $(MUTATION_SAMPLE) 19 $(MUTATION_MODULES)); fi && \
+	  OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  nice -n 10 $(CURDIR)/$(BIN)/mutmut run --max-children $(MUTATION_JOBS) $$names
 	cd $(MUT) && $(CURDIR)/$(BIN)/mutmut results --all true > results.txt || true
 	@echo "mutmut results: $(MUT)/results.txt"
 
