@@ -1,0 +1,71 @@
+"""Elasticity tests added after mutation testing (benchmarks/mutation_triage.md): properties the earlier tests
+left open, each stated physically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from chemomech import elasticity as el
+
+
+def _eigen(x, y):
+    # an incompatible, non-uniform eigenstrain: every element is stressed, and differently
+    return (0.01 * np.tanh(y / 4.0), 0.004 * np.sin(x / 5.0), 0.002 * np.cos((x + y) / 7.0))
+
+
+def _stiffness(x, y):
+    # composition varying along x and y, so that the stiffness is evaluated at the right (x, y)
+    return np.moveaxis(el.stiffness_ac(np.clip(0.5 + x / 40.0 - y / 50.0, 0.0, 1.0)), (-2, -1), (0, 1))
+
+
+def _centroids(mesh):
+    return mesh.p[:, mesh.t].mean(axis=1)  # (2, n_elements): x, y
+
+
+@pytest.mark.parametrize("kind", ["star", "pixel"])
+def test_element_stress_is_hookes_law_at_the_element_centroid(kind):
+    # sigma = Q(x) (eps(x) - eps0(x)) with engineering shear must hold at the very points where the stress is
+    # reported (the centroids, where element_strain is reported too), with the stiffness and the eigenstrain taken
+    # there: a non-uniform field, so evaluating any of the three elsewhere in the element shows.
+    if kind == "star":
+        mesh = el.mesh_star_domain(lambda p: 12 + 2 * np.cos(3 * p), nrefs=3)
+        sk = mesh
+    else:
+        mask = np.zeros((9, 11), bool)
+        mask[1:8, 1:10] = True
+        pm = el.mesh_from_mask(mask, pixel_size=2.0, origin=(-8.0, -10.0))
+        mesh, sk = pm, pm.mesh
+    sol = el.ElasticProblem(mesh, stiffness=_stiffness).solve(_eigen)
+    x, y = _centroids(sk)
+    e = sol.element_strain()
+    e0 = np.array(_eigen(x, y))
+    q = np.moveaxis(_stiffness(x, y), (0, 1), (-2, -1))             # (n, 3, 3)
+    elastic = np.stack([e[0] - e0[0], e[1] - e0[1], 2 * (e[2] - e0[2])], axis=-1)
+    want = np.einsum("nij,nj->in", q, elastic)
+    stress = sol.element_stress()
+    assert np.abs(stress).max() > 0.05                               # GPa: really stressed
+    assert_allclose(stress, want, rtol=1e-9, atol=1e-9)
+
+
+def test_pixel_mesh_scatters_a_single_field_and_a_stack():
+    # one value per element (a scalar field such as X) and a stack of fields both land on their pixels
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+    mask[0, 1] = True
+    pm = el.mesh_from_mask(mask)
+    n = int(mask.sum())
+    one = pm.to_image(np.arange(n))
+    assert one.shape == mask.shape and np.all(np.isnan(one[~mask]))
+    assert_allclose(np.sort(one[mask]), np.arange(n))
+    stack = pm.to_image(np.stack([np.arange(n), -np.arange(n)]))
+    assert stack.shape == (2,) + mask.shape
+    assert_allclose(stack[1][mask], -stack[0][mask])
+
+
+def test_uniform_eigenstrain_check_reports_its_documented_numbers():
+    # the self-check returns strain error, largest stress (GPa) and that stress relative to the stiffness
+    r = el.check_uniform_eigenstrain(nrefs=3)
+    assert set(r) == {"strain_error", "stress_max", "stress_relative"}
+    assert r["stress_relative"] == pytest.approx(r["stress_max"] / np.abs(el.stiffness_ac()).max(), rel=1e-12)
