@@ -69,3 +69,24 @@ def test_uniform_eigenstrain_check_reports_its_documented_numbers():
     r = el.check_uniform_eigenstrain(nrefs=3)
     assert set(r) == {"strain_error", "stress_max", "stress_relative"}
     assert r["stress_relative"] == pytest.approx(r["stress_max"] / np.abs(el.stiffness_ac()).max(), rel=1e-12)
+
+
+def test_isotropic_plane_stress_by_hand():
+    # plane stress: Q11 = E/(1 - nu^2), Q12 = nu E/(1 - nu^2), shear modulus G = E / (2 (1 + nu))
+    e, nu = 200.0, 0.3
+    q = el.isotropic_plane_stress(e, nu)
+    assert_allclose(q, [[e / (1 - nu**2), nu * e / (1 - nu**2), 0.0],
+                        [nu * e / (1 - nu**2), e / (1 - nu**2), 0.0],
+                        [0.0, 0.0, e / (2 * (1 + nu))]], rtol=1e-12)
+
+
+def test_mean_edge_length_of_a_pixel_mesh_is_the_pixel_size():
+    pm = el.mesh_from_mask(np.ones((3, 4), bool), pixel_size=2.5)
+    assert el.mean_edge_length(pm.mesh) == pytest.approx(2.5, rel=1e-12)
+
+
+def test_eshelby_check_reports_its_documented_numbers():
+    r = el.check_eshelby(nrefs=3)
+    assert {"exact", "fem_mean", "rel_error_mean", "rel_error_rms"} <= set(r)
+    # a disk inclusion strains less than its free eigenstrain, more than nothing (Eshelby, plane stress)
+    assert 0 < r["exact"] < 0.01

@@ -1,0 +1,32 @@
+"""Learning tests added after mutation testing (benchmarks/mutation_triage.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chemomech import learning, twin
+
+
+def test_summary_without_bootstrap_has_nan_errors_and_the_slopes():
+    # a model with no bootstrap replicates reports its slopes, and NaN (not missing) errors and intervals
+    model = learning.EigenstrainModel.from_law(twin.vegard_law(), 1)
+    s = model.summary()
+    assert np.isfinite(s.slope.values).all()
+    for k in ("coef_se", "slope_se", "slope_low", "slope_high"):
+        assert s[k].shape == (2,) + s[k].shape[1:] and np.isnan(s[k].values).all()
+
+
+def test_monotone_refit_gives_a_one_signed_slope():
+    # the constrained re-solve: a free solution whose d eps0/dX changes sign on [0, 1] is replaced by the closest
+    # (in the G metric) law whose slope keeps one sign, per component
+    degree = 3
+    xg = np.linspace(0.0, 1.0, 41)
+    b1 = learning.legendre_basis(xg, degree, derivative=1)
+    b0 = np.array([0.02, 0.0, 0.03, -0.01, 0.0, 0.0])   # component aa: slope changes sign; cc: negative throughout
+    assert (b1 @ b0[:3]).min() < 0 < (b1 @ b0[:3]).max() and (b1 @ b0[3:]).max() < 0
+    g = np.eye(6)
+    b = learning._monotone(g, g @ b0, b0, degree, np.ones(6))
+    slope_aa, slope_cc = b1 @ b[:3], b1 @ b[3:]
+    assert slope_aa.min() > -1e-8 or slope_aa.max() < 1e-8
+    assert slope_cc.max() < 1e-8
+    assert not np.allclose(b, b0)
