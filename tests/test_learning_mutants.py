@@ -30,3 +30,26 @@ def test_monotone_refit_gives_a_one_signed_slope():
     assert slope_aa.min() > -1e-8 or slope_aa.max() < 1e-8
     assert slope_cc.max() < 1e-8
     assert not np.allclose(b, b0)
+
+
+def test_leave_one_particle_out_cv_is_symmetric_for_copies():
+    # three copies of one particle, two with a constant strain offset (a nuisance the offsets absorb): holding out
+    # any copy leaves the same training law, so every fold must score the same error, at every degree
+    p = twin.make_particle("coarse", batch="biphasic", seed=5, mesh_nrefs=4)
+    ds = p.render(pixel_size_nm=12.0)
+    strain = ds[["exx", "eyy", "exy"]]
+    copies = [strain]
+    for d in (-0.002, 0.001):
+        c = strain.copy()
+        c["eyy"] = c["eyy"] + d
+        copies.append(c)
+    model = learning.fit_eigenstrain(copies, [ds.X] * 3, max_degree=2, n_boot=0, rng=0)
+    assert model.cv.attrs["folds"] == "leave-one-particle-out"
+    mse = model.cv.mse.values
+    assert mse.shape == (2, 3) and np.all(np.isfinite(mse))
+    np.testing.assert_allclose(mse, mse[:, :1] * np.ones((1, 3)), rtol=1e-6)
+    # resampling whole particles draws some copies twice and others not at all: every replicate still sees the
+    # same law, so the bootstrap spread of the coefficients is nil
+    boot = learning.fit_eigenstrain(copies, [ds.X] * 3, degree=1, n_boot=12, bootstrap="particles", rng=0)
+    np.testing.assert_allclose(boot.coef_boot, np.broadcast_to(boot.coef, boot.coef_boot.shape), rtol=1e-6,
+                               atol=1e-12)
