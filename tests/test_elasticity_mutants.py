@@ -90,3 +90,11 @@ def test_eshelby_check_reports_its_documented_numbers():
     assert {"exact", "fem_mean", "rel_error_mean", "rel_error_rms"} <= set(r)
     # a disk inclusion strains less than its free eigenstrain, more than nothing (Eshelby, plane stress)
     assert 0 < r["exact"] < 0.01
+
+
+def test_a_stiffness_that_is_not_positive_definite_is_refused():
+    # a symmetric stiffness with a negative eigenvalue has no stable elastic energy: refuse it by name
+    mesh = el.mesh_star_domain(lambda p: 10 + 0 * p, nrefs=2)
+    bad = np.diag([100.0, -50.0, 30.0])
+    with pytest.raises(ValueError, match="stiffness"):
+        el.ElasticProblem(mesh, stiffness=bad)

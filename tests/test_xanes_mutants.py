@@ -19,3 +19,12 @@ def test_calibration_curve_default_k_grid_and_gaussian_errors():
     assert_allclose(c.k.values, np.arange(61) * 0.05, atol=1e-12)
     assert_allclose(c.gaussian.values, erf(c.k.values / np.sqrt(2)), atol=1e-12)
     assert np.abs(c.observed.values - c.gaussian.values).max() < 4 * 0.0025
+
+
+def test_map_lithium_refuses_a_stack_that_is_not_energy_y_x():
+    import pytest
+    import xarray as xr
+
+    flat = xr.DataArray(np.ones((5, 8)), dims=("energy", "x"), coords={"energy": np.linspace(700, 712, 5)})
+    with pytest.raises(ValueError, match="stack"):
+        xanes.map_lithium(flat)
