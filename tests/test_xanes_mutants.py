@@ -28,3 +28,16 @@ def test_map_lithium_refuses_a_stack_that_is_not_energy_y_x():
     flat = xr.DataArray(np.ones((5, 8)), dims=("energy", "x"), coords={"energy": np.linspace(700, 712, 5)})
     with pytest.raises(ValueError, match="stack"):
         xanes.map_lithium(flat)
+
+
+def test_maps_sit_on_the_pixel_grid_of_the_stack():
+    # X and thickness are maps of the same pixels as the stack: its y/x coordinates (nm) come along
+    from chemomech import twin
+    from chemomech.twin import ptycho
+
+    particle = twin.make_particle("small", batch="biphasic", seed=5, semi_axes_nm=(75.0, 105.0))
+    stack, _ = ptycho.simulate_stack(particle, shape=(44, 58), pixel_size_nm=5.0, rng=11)
+    res = xanes.map_lithium(stack)
+    for k in ("X", "thickness"):
+        assert_allclose(res[k].y.values, stack.y.values)
+        assert_allclose(res[k].x.values, stack.x.values)
