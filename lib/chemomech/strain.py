@@ -345,6 +345,7 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
     near_bad = ctx.get("near_bad")
     search = int(np.ceil(capture))
     pad = half + search + 4  # just enough zero padding for the windows of disks on the detector
+    order = np.argsort(np.concatenate([np.flatnonzero(inner), np.flatnonzero(~inner)]), kind="stable")
     out = []
     for s, sub in _sub_batches(block, ctx["chunk"]):
         m = len(sub)
@@ -358,16 +359,25 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         else:
             py4_peaks = _py4dstem.find_disks(sub.astype(float), ctx["kernel"], min_spacing_px=ctx["spacing"],
                                              edge_px=int(half), upsample_factor=ctx["upsample"])
+        fits = None
         for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
             h_s = hk[sel]
             guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
             if ctx["method"] != "py4dstem":
-                pos, snr, perr, fsnr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
-                                                  pad, limit, search=search, cc=cc, fit_snr=True)
-                pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
+                # the inner disks' fits of the first stage are kept: their correlation windows are the same
+                new = ~inner if fits is not None else np.ones(len(h_s), bool)
+                g_new = guess[:, new]
+                out_new = loc.locate(padded, np.repeat(np.arange(m), new.sum()), g_new.reshape(-1, 2),
+                                     pad, limit, search=search, cc=cc, fit_snr=True)
+                out_new = (out_new[0].reshape(m, -1, 2),) + tuple(z.reshape(m, -1) for z in out_new[1:])
+                if fits is None:
+                    fits = out_new
+                else:
+                    fits = tuple(np.concatenate([a, b], axis=1)[:, order] for a, b in zip(fits, out_new))
+                pos, snr, perr, fsnr = fits
                 found = (snr > ctx["snr_min"]) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
                 # and measurable under the fitted model itself (with free contents, faint disks are not)
-                found &= fsnr.reshape(m, -1) > min(ctx["snr_min"], FIT_SNR_MIN)
+                found &= fsnr > min(ctx["snr_min"], FIT_SNR_MIN)
                 found &= np.linalg.norm(pos - guess, axis=-1) < capture
                 weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
             else:
@@ -599,8 +609,10 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     pad = half + search + 4
     guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
     m, d = guess.shape[:2]
+    # coarse positions from one batched FFT correlation, as in the fit pass
+    cc = np.pad(locator.correlate(pats), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
     pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
-                                         pad, limit, search=search, details=True, fit_snr=True)
+                                         pad, limit, search=search, cc=cc, details=True, fit_snr=True)
     ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
     rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
     both = ok[:, 0] & ok[:, 1]  # (pairs, d)
@@ -845,7 +857,7 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     if method == "fast":
         free = _edge_locator(template, radius, prep["g_min"], prior_levels=False)  # free content fits
         slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
-        locator = _edge_locator(template, radius, prep["g_min"], slope_prior, curvature_prior / slope_prior)
+        locator = free.with_prior(slope_prior, radius, curvature_prior / slope_prior)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
