@@ -202,8 +202,12 @@ class Locator:
         return view[idx, centre[:, 0] - half, centre[:, 1] - half]
 
     def coarse(self, img: np.ndarray, idx: np.ndarray, centre: np.ndarray, search: int,
-               cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Integer position (m, 2) of the correlation maximum within +-search px and a parabolic offset (m, 2)."""
+               cc: np.ndarray | None = None, cc_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Integer position (m, 2) of the correlation maximum within +-search px and a parabolic offset (m, 2).
+
+        `cc` (optional) is the circular correlation of the images before padding by `cc_offset` px; its
+        windows are read with wrap-around (no padded copy).
+        """
         if cc is None:  # direct windowed correlation: cheap for a few disks per pattern
             big = self._windows(img, idx, centre, search + self.half + 1)
             n = 2 * search + 3
@@ -211,7 +215,10 @@ class Locator:
             for (u, v), t in np.ndenumerate(self.template):  # shift-and-add, W^2 vectorised steps
                 loc += t * big[:, u:u + n, v:v + n]
         else:
-            loc = self._windows(cc, idx, centre, search + 1)
+            r = np.arange(-(search + 1), search + 2)
+            rows = (centre[:, 0, None] - cc_offset + r) % cc.shape[1]
+            cols = (centre[:, 1, None] - cc_offset + r) % cc.shape[2]
+            loc = cc[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
         inner = loc[:, 1:-1, 1:-1]
         n = inner.shape[1]
         k = inner.reshape(len(inner), -1).argmax(axis=1)
@@ -295,14 +302,14 @@ class Locator:
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
         size); `guess` and the returned positions are unpadded detector coordinates; `cc` is
-        ``correlate(img)`` when already computed.
+        :meth:`correlate` of the images before padding, when already computed.
         """
         margin = pad - self.half - search - 3
         if margin < 0:
             raise ValueError(f"pad {pad} too small for search {search} and template half-width {self.half}")
         lo, hi = -margin, limit - 1 + margin
         c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
-        c1, frac = self.coarse(img, idx, c0, int(search), cc)
+        c1, frac = self.coarse(img, idx, c0, int(search), cc, cc_offset=pad)
         c1 = np.clip(c1, lo + pad, hi + pad)
         out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
         d, amp, amp_err, pos_err = out[:4]

@@ -354,8 +354,8 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         g_guess = np.repeat(g_ref0[None], m, axis=0)
         if ctx["method"] != "py4dstem":
             padded = _padded(sub, pad)
-            # circular correlation at the detector size (a fast FFT length), wrapped into the padding
-            cc = np.pad(loc.correlate(sub), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+            # circular correlation at the detector size (a fast FFT length), read with wrap-around
+            cc = loc.correlate(sub)
         else:
             py4_peaks = _py4dstem.find_disks(sub.astype(float), ctx["kernel"], min_spacing_px=ctx["spacing"],
                                              edge_px=int(half), upsample_factor=ctx["upsample"])
@@ -610,7 +610,7 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
     m, d = guess.shape[:2]
     # coarse positions from one batched FFT correlation, as in the fit pass
-    cc = np.pad(locator.correlate(pats), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+    cc = locator.correlate(pats)
     pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
                                          pad, limit, search=search, cc=cc, details=True, fit_snr=True)
     ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
@@ -974,8 +974,9 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
     for i, pat in zip(idx, _cleaned(src.take(idx), prep["bad"]) if idx else []):
         guess = prep["origin_fit"][i] + prep["hk"] @ prep["g_ref0"].T
         img = _padded(pat[None], pad)
+        cc = fitter.correlate(np.asarray(pat[None], dtype=np.float32))
         pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit,
-                                    search=int(np.ceil(prep["capture"])), cc=fitter.correlate(img))
+                                    search=int(np.ceil(prep["capture"])), cc=cc)
         ok = (snr > snr_min) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
         ok &= np.linalg.norm(pos - guess, axis=1) < prep["capture"]
         disks.append(pos[ok])
