@@ -39,8 +39,8 @@ X, on the locally deformed lattice. That is an approximation: published heterosi
 coordinates — O2 z by about 0.05, Fe and O1 z by about 0.03 — so the disk
 intensities of Li-poor regions are only indicative. Disk *positions*, which
 carry the strain, depend on the lattice alone and are unaffected. (The
-multislice disk-content library used by the dynamical twin places FePO4 with
-a documented placeholder, see ``data/README.md``.) The reference lattice is
+multislice disk-content library used by the dynamical twin has its own FePO4
+positions, a computed structure, see ``data/README.md``.) The reference lattice is
 FePO4 (the twin's strain is relative to FePO4).
 
 Electron scattering factors are the screened-Coulomb (Wentzel) model in the
