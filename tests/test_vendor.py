@@ -279,3 +279,20 @@ def test_nxstxm_stack_feeds_map_lithium_shape(tmp_path):
     _write_nxstxm(tmp_path / "s.nxs", data, energy, np.arange(6) * 0.05, np.arange(7) * 0.05)
     stack = io.read_stack(tmp_path / "s.nxs")
     assert isinstance(stack, xr.DataArray) and stack.sizes == {"energy": 8, "y": 6, "x": 7}
+
+
+def test_lazy_tasks_are_split_and_batched_without_changing_the_numbers(sim, monkeypatch):
+    # one dask chunk holding the whole scan is split into tasks of <= TASK_MIB of float32 patterns, each
+    # worked through in batches of <= BATCH_MIB; memory is bounded by these, the result is the same
+    import dask.array as da
+
+    cube = _counts(sim)
+    eager = strain.measure_strain(cube, reference=sim.reference.values)
+    pattern_mib = 4 * 128 * 128 / 2**20
+    monkeypatch.setattr(strain._Source, "TASK_MIB", 5 * pattern_mib)   # 5 patterns per task: 24 = 5+5+5+5+4
+    monkeypatch.setattr(strain._Source, "BATCH_MIB", 2 * pattern_mib)  # 2 patterns per batch
+    src = strain._Source(da.from_array(cube, chunks=cube.shape), 256)
+    assert src.pats.chunks[0] == (5, 5, 5, 5, 4) and src.batch == 2
+    lazy = strain.measure_strain(da.from_array(cube, chunks=cube.shape), reference=sim.reference.values)
+    for k in KEYS:
+        np.testing.assert_allclose(lazy[k].values, eager[k].values, rtol=0, atol=1e-9)

@@ -703,8 +703,13 @@ def _file_calibration(axes: list) -> dict:
     return out
 
 
-def _read_vendor(p: Path, plugin: str, scan_shape) -> tuple:
-    """(dask array (ny, nx, ky, kx) of the file's patterns, its rosettasciio axes)."""
+def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tuple:
+    """(dask array (ny, nx, ky, kx) of the file's patterns, its rosettasciio axes).
+
+    Memory-mapped formats (MIB, MRC) are mapped in chunks of whole scan rows and whole patterns from
+    the start: rosettasciio's automatic chunks cut the patterns into tiles, and every task reading a
+    tile of many frames would touch (and keep mapped) the pages of all of them.
+    """
     mod = _rsciio(plugin, p)
     expected = _VENDOR_NAMES[plugin] + " holding a 4D-STEM scan"
     nav = None if scan_shape is None else (int(scan_shape[1]), int(scan_shape[0]))  # rosettasciio: (nx, ny)
@@ -715,7 +720,7 @@ def _read_vendor(p: Path, plugin: str, scan_shape) -> tuple:
             if head != b"MQ1":
                 raise FileFormatError(f"file {str(p)!r} is not a Merlin .mib file: it starts with {head!r}, not "
                                       "'MQ1'")
-            d = mod.file_reader(str(p), lazy=True, navigation_shape=nav)[0]
+            d = _row_mapped(mod.file_reader, p, nav, chunk_rows)
             want = d["original_metadata"].get("hdr_file", {}).get("Frames in Acquisition (Number)", "0")
             have = int(np.prod(d["data"].shape[:-2]))
             if nav is None and int(want or 0) > have:
@@ -723,7 +728,7 @@ def _read_vendor(p: Path, plugin: str, scan_shape) -> tuple:
                                       f"of the {want} its .hdr announces (an interrupted acquisition?); pass "
                                       "scan_shape=(rows, nx) to read the complete rows")
         elif plugin == "mrc":
-            d = mod.file_reader(str(p), lazy=True, navigation_shape=nav)[0]
+            d = _row_mapped(mod.file_reader, p, nav, chunk_rows)
         elif plugin == "emd":
             found = [x for x in mod.file_reader(str(p), lazy=True, select_type="images")
                      if x["data"].ndim >= 3]
@@ -752,6 +757,23 @@ def _read_vendor(p: Path, plugin: str, scan_shape) -> tuple:
                               f"{data.shape[:2]} scan, not the scan_shape {tuple(scan_shape)} asked for "
                               "(an interrupted acquisition keeps only its complete rows)")
     return data, d.get("axes", [])
+
+
+def _row_mapped(reader, p: Path, nav, chunk_rows: int | None) -> dict:
+    """The lazy rosettasciio dictionary of a memory-mapped file, chunked by whole scan rows when it is 4-D."""
+    import logging
+
+    log = logging.getLogger("rsciio")
+    level = log.level
+    log.setLevel(logging.ERROR)  # the missing-.hdr warning: we ask for scan_shape ourselves
+    try:
+        d = reader(str(p), lazy=True, navigation_shape=nav)[0]
+        if d["data"].ndim == 4:
+            rows = _row_chunks(d["data"].shape, d["data"].dtype.itemsize, chunk_rows)[0]
+            d = reader(str(p), lazy=True, navigation_shape=nav, chunks=(rows, -1, -1, -1))[0]
+    finally:
+        log.setLevel(level)
+    return d
 
 
 def read_datacube(path: str | os.PathLike, *, scan_shape: tuple[int, int] | None = None,
@@ -851,7 +873,7 @@ def read_datacube(path: str | os.PathLike, *, scan_shape: tuple[int, int] | None
         if not p.exists():
             raise MissingFileError(f"file {str(p)!r} does not exist (expected {_VENDOR_NAMES[plugin]})")
         _check_file(p, expected=_VENDOR_NAMES[plugin], signature="hdf5" if plugin == "emd" else None)
-        cube, axes = _read_vendor(p, plugin, scan_shape)
+        cube, axes = _read_vendor(p, plugin, scan_shape, chunk_rows)
         fmt = {"quantumdetector": "mib", "digitalmicrograph": suffix[1:], "mrc": "mrc", "emd": "velox-emd"}[plugin]
         if cube.dtype.kind not in "iuf":
             raise FileFormatError(f"{str(p)!r} holds {cube.dtype} data; expected a real-valued datacube")

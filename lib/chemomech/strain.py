@@ -129,8 +129,14 @@ class _Source:
 
     numpy input is cut into `chunk` patterns per call; dask input keeps its own scan chunks (one task
     each, run on the active ``dask.distributed`` client if there is one, else the local threaded
-    scheduler), so memory is bounded by the chunk size.
+    scheduler), split further where a chunk holds more than ``TASK_MIB`` of float32 patterns, and
+    each task works through its patterns in batches of at most ``BATCH_MIB`` (the passes make several
+    float32 copies of a batch: padded, transformed, correlated), so memory is bounded whatever the
+    chunks of the input and the detector size.
     """
+
+    TASK_MIB = 64.0  # a dask task gets at most this many MiB of float32 patterns
+    BATCH_MIB = 4.0  # ... and handles at most this many MiB of them at once
 
     def __init__(self, cube: object, chunk: int):
         ny, nx, dky, dkx = cube.shape
@@ -139,6 +145,11 @@ class _Source:
         self.pats = cube.reshape(self.n, dky, dkx)
         if self.lazy:
             self.pats = self.pats.rechunk({1: -1, 2: -1})  # whole patterns in every chunk
+            most = max(1, int(self.TASK_MIB * 2**20 // (4 * dky * dkx)))
+            self.batch = max(1, int(self.BATCH_MIB * 2**20 // (4 * dky * dkx)))
+            if max(self.pats.chunks[0]) > most:
+                rows = [p for c in self.pats.chunks[0] for p in [most] * (c // most) + ([c % most] if c % most else [])]
+                self.pats = self.pats.rechunk({0: tuple(rows)})  # splits only: no two input chunks merged
         if self.lazy:
             self.starts = np.concatenate([[0], np.cumsum(self.pats.chunks[0])[:-1]]).astype(int)
         else:
@@ -155,6 +166,8 @@ class _Source:
             return [func(self.pats[s:s + self.chunk], int(s), ctx) for s in it]
         import dask
 
+        if "chunk" in ctx:
+            ctx = {**ctx, "chunk": max(1, min(int(ctx["chunk"]), self.batch))}
         ctx_d = dask.delayed(ctx, pure=True)
         blocks = self.pats.to_delayed(optimize_graph=False).ravel()  # stable keys across passes
         tasks = [dask.delayed(func, pure=True)(b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
