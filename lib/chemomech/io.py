@@ -720,7 +720,7 @@ def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tu
             if head != b"MQ1":
                 raise FileFormatError(f"file {str(p)!r} is not a Merlin .mib file: it starts with {head!r}, not "
                                       "'MQ1'")
-            d = _row_mapped(mod.file_reader, p, nav, chunk_rows)
+            d = _row_mapped(mod.file_reader, p, chunk_rows, navigation_shape=nav)
             want = d["original_metadata"].get("hdr_file", {}).get("Frames in Acquisition (Number)", "0")
             have = int(np.prod(d["data"].shape[:-2]))
             if nav is None and int(want or 0) > have:
@@ -728,7 +728,7 @@ def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tu
                                       f"of the {want} its .hdr announces (an interrupted acquisition?); pass "
                                       "scan_shape=(rows, nx) to read the complete rows")
         elif plugin == "mrc":
-            d = _row_mapped(mod.file_reader, p, nav, chunk_rows)
+            d = _row_mapped(mod.file_reader, p, chunk_rows, navigation_shape=nav)
         elif plugin == "emd":
             found = [x for x in mod.file_reader(str(p), lazy=True, select_type="images")
                      if x["data"].ndim >= 3]
@@ -746,8 +746,10 @@ def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tu
                                           f"{ny} x {nx} (Scan/ScanSize or scan_shape); pass scan_shape=(ny, nx)")
                 d = {**d, "data": d["data"].reshape((ny, nx) + d["data"].shape[1:]),
                      "axes": [{"navigate": True, "units": ""}] * 2 + [a for a in d["axes"] if not a["navigate"]]}
-        else:
-            d = max(mod.file_reader(str(p), lazy=True), key=lambda x: x["data"].size)  # not the thumbnail
+        else:  # DigitalMicrograph: detector x, y first in DM's dimension order, then the scan
+            d = _row_mapped(mod.file_reader, p, chunk_rows)
+            if scan_shape is not None and d["data"].ndim == 3 and d["data"].shape[0] == scan_shape[0] * scan_shape[1]:
+                d = {**d, "data": d["data"].reshape(scan_shape + d["data"].shape[1:])}
     data = d["data"]
     if data.ndim != 4:
         raise FileFormatError(f"{str(p)!r} holds data of shape {tuple(data.shape)}, not a 4D-STEM scan "
@@ -759,18 +761,21 @@ def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tu
     return data, d.get("axes", [])
 
 
-def _row_mapped(reader, p: Path, nav, chunk_rows: int | None) -> dict:
-    """The lazy rosettasciio dictionary of a memory-mapped file, chunked by whole scan rows when it is 4-D."""
+def _row_mapped(reader, p: Path, chunk_rows: int | None, **kw) -> dict:
+    """The lazy rosettasciio dictionary of a memory-mapped file, chunked by whole scan rows when it is 4-D.
+
+    The largest data set of the file (a DigitalMicrograph file may also hold a thumbnail).
+    """
     import logging
 
     log = logging.getLogger("rsciio")
     level = log.level
     log.setLevel(logging.ERROR)  # the missing-.hdr warning: we ask for scan_shape ourselves
     try:
-        d = reader(str(p), lazy=True, navigation_shape=nav)[0]
+        d = max(reader(str(p), lazy=True, **kw), key=lambda x: x["data"].size)
         if d["data"].ndim == 4:
             rows = _row_chunks(d["data"].shape, d["data"].dtype.itemsize, chunk_rows)[0]
-            d = reader(str(p), lazy=True, navigation_shape=nav, chunks=(rows, -1, -1, -1))[0]
+            d = max(reader(str(p), lazy=True, chunks=(rows, -1, -1, -1), **kw), key=lambda x: x["data"].size)
     finally:
         log.setLevel(level)
     return d
