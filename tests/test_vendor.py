@@ -353,3 +353,16 @@ def test_lazy_tasks_are_split_and_batched_without_changing_the_numbers(sim, monk
     lazy = strain.measure_strain(da.from_array(cube, chunks=cube.shape), reference=sim.reference.values)
     for k in KEYS:
         np.testing.assert_allclose(lazy[k].values, eager[k].values, rtol=0, atol=1e-9)
+
+
+def test_each_lazy_task_gets_its_own_locator():
+    # the disk locator keeps the state of its last call; tasks running at once in threads must not share it
+    # (shared, a task in the "all disks" stage once read another's "inner disks" fit SNRs: a shape error,
+    # or silently wrong disks when the shapes happen to agree)
+    class Locator:
+        pass
+
+    shared = Locator()
+    seen = []
+    strain._Source._task(lambda block, start, ctx: seen.append(ctx["locator"]), None, 0, {"locator": shared})
+    assert seen[0] is not shared and isinstance(seen[0], Locator)
