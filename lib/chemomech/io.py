@@ -16,6 +16,14 @@ chunk size.
 
 zarr stores need the optional ``zarr`` package; HDF5 needs ``h5py``.
 
+Microscope files: :func:`read_datacube` opens Merlin ``.mib``, DigitalMicrograph ``.dm3``/``.dm4``,
+``.mrc`` and Velox ``.emd`` 4D-STEM files through rosettasciio (the optional ``vendor`` extra,
+imported only there) as a dask-backed ``("y", "x", "ky", "kx")`` DataArray with the scan step (nm)
+and detector pixel (mrad or 1/Å) that the file carries, or that the caller gives;
+:func:`open_datacube` returns the same data as a plain dask array. Energy stacks
+(:func:`read_stack`) come from CXI ptychography files, NeXus NXstxm files, plain HDF5, NetCDF and
+``.npz``.
+
 Files that cannot be read: every reader raises :class:`MissingFileError` (a
 ``FileNotFoundError`` that is also a ``ValueError``, as bad input is in this
 package) for a missing file and :class:`FileFormatError` (a ``ValueError``) for one that is
