@@ -109,6 +109,7 @@ def child(path: str, mode: str) -> None:
             err[name] = [float(np.median(res[k].values[sel]) - t) for k, t in zip(("exx", "eyy", "exy"), truth)]
         out["median_error"] = err
         out["measured_fraction"] = float(res.mask.values.mean())
+        out["excluded_detector_pixels"] = int(res.attrs["n_excluded_detector_pixels"])
     out["seconds"] = time.perf_counter() - t0
     out["peak_rss"] = _vmhwm()
     print(json.dumps(out))
@@ -154,7 +155,8 @@ def main() -> int:
     print(f"measure_strain from the lazy file      peak RSS {run['peak_rss'] / GIB:.3f} GiB   "
           f"{run['seconds']:.1f} s   ({run['seconds'] / base['seconds']:.1f} x one read pass)")
     print(f"file size / peak RSS of the mapping: {size / run['peak_rss']:.1f}")
-    print(f"patterns measured: {100 * run['measured_fraction']:.1f} %")
+    print(f"patterns measured: {100 * run['measured_fraction']:.1f} %; detector pixels excluded: "
+          f"{run['excluded_detector_pixels']}")
     for name, e in run["median_error"].items():
         print(f"  {name:12s} median error exx {e[0]:+.1e}  eyy {e[1]:+.1e}  exy {e[2]:+.1e}")
     ok_rss = run["peak_rss"] < GIB

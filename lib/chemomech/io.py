@@ -891,9 +891,7 @@ def read_datacube(path: str | os.PathLike, *, scan_shape: tuple[int, int] | None
         if cube.dtype.kind not in "iuf":
             raise FileFormatError(f"{str(p)!r} holds {cube.dtype} data; expected a real-valued datacube")
         chunks = _row_chunks(cube.shape, cube.dtype.itemsize, chunk_rows)
-        cube = cube.rechunk(chunks)
-        if not cube.dtype.isnative:  # Merlin writes big-endian counts
-            cube = cube.astype(cube.dtype.newbyteorder("="))
+        cube = cube.rechunk(chunks)  # (Merlin's big-endian counts are kept: a native copy would cost memory)
     ny, nx, dky, dkx = cube.shape
     cal = _file_calibration(axes)
     scan_from = "file" if "scan_step_nm" in cal else "none"

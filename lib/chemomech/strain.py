@@ -135,7 +135,7 @@ class _Source:
     chunks of the input and the detector size.
     """
 
-    TASK_MIB = 64.0  # a dask task gets at most this many MiB of float32 patterns
+    TASK_MIB = 32.0  # a dask task gets at most this many MiB of float32 patterns
     BATCH_MIB = 4.0  # ... and handles at most this many MiB of them at once
 
     def __init__(self, cube: object, chunk: int):
