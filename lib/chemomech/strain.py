@@ -273,6 +273,13 @@ def _find_flaws(sums: list, n: int, shape: tuple[int, int]) -> dict:
     # (counts fluctuate at least like Poisson noise, var ~ mean, in a live pixel; a dead one is constant)
     local = np.abs(m_loc)
     dead = ((var <= 0.002 * local) & (n_good * local > 20)) | (nonfinite > 0.01 * n_good)
+    # and exactly constant between two live (fluctuating) neighbours, left and right or above and below, that
+    # each collected > 20 counts: the median above is blind when most of the neighbourhood is dead (e.g.
+    # every other column), and a pixel at the edge of a bright region has a dark neighbour on one side
+    lit = np.where(var > 0, np.abs(mean), 0.0)
+    p = np.pad(lit, 1)
+    between = np.maximum(np.minimum(p[1:-1, :-2], p[1:-1, 2:]), np.minimum(p[:-2, 1:-1], p[2:, 1:-1]))
+    dead |= (var == 0) & (n_good * between > 20)
     # hot: far brighter on average than the neighbourhood (a disk edge is at most ~2-3x its 5x5 median)
     hot = (mean > 4.0 * np.abs(m_loc) + 10.0 * np.sqrt(v_loc) + 1.0) & ~dead
     # saturated: the data's maximum value is hit many times (a clipping level, not a Poisson extreme)
@@ -545,6 +552,11 @@ def _near(bad: np.ndarray | None, radius: float) -> np.ndarray | None:
     return ndimage.binary_dilation(bad, structure=np.hypot(yy, xx) <= radius)
 
 
+#: a disk near excluded pixels is refitted without them only if it keeps this much of its position
+#: information on each axis (else it is left out, as is every disk when the data are too broken to tell)
+MIN_KEPT_INFO = 0.5
+
+
 def _masked_refit(loc: _diskfind.Locator, padded: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int,
                   limit: np.ndarray, search: int, cc: np.ndarray | None, excluded: np.ndarray,
                   n_iter: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -597,6 +609,10 @@ def _masked_refit(loc: _diskfind.Locator, padded: np.ndarray, idx: np.ndarray, g
     d = loc.grid[ij] + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
     var = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
     inv_diag = np.diagonal(np.linalg.inv(a), axis1=1, axis2=2)
+    # position information (the offset columns' normal-matrix entries) the excluded pixels took away, per axis
+    full = np.einsum("mpk,mpk->mk", jac[:, :, 2:4], jac[:, :, 2:4])
+    kept = np.einsum("mpk,mp,mpk->mk", jac[:, :, 2:4], w, jac[:, :, 2:4]) / np.maximum(full, 1e-30)
+    enough &= kept.min(1) >= MIN_KEPT_INFO
     perr = np.sqrt(var * inv_diag[:, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
     return c - pad + d, np.where(enough & (amp > 0), perr, np.nan), p
 
@@ -702,7 +718,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     flaws = _find_flaws(sums, n, (dky, dkx))
     # dead and hot pixels are filled in from their neighbours; saturated ones keep their (clipped) values,
     # which still outline the disk, since filling a saturated disk centre from its saturated neighbours
-    # would dent it; disks near any of them are left out of the fits (near_bad)
+    # would dent it; disks near any of them are fitted without them (_masked_refit)
     fill = flaws["dead"] | flaws["hot"]
     bad = fill if fill.any() else None
     mean = _cleaned(flaws["mean"][None], bad)[0].astype(float)
@@ -874,8 +890,9 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     the mean and variance patterns (and the clipping level); dead and hot ones
     are replaced by their neighbours' mean for the correlations and templates
     (saturated ones keep their clipped values, which still outline the disk),
-    and every disk whose fit window holds any of them is left out of the
-    lattice fits.
+    and every disk whose fit window holds any of them is fitted with those
+    pixels left out (or, if they take more than half of its position
+    information on an axis, left out of the lattice fit).
     :func:`diagnostics` lists what was found (``flaws``); the result's
     attributes count it (``n_lost_patterns``, ``n_excluded_detector_pixels``).
     Dark-subtracted data with small negative counts are fine.
