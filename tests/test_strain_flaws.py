@@ -248,3 +248,16 @@ def test_flawed_error_within_10_percent_of_clean_error(errors_over_seeds, kind):
     assert np.all(rms[:, 1] <= 1.1 * rms[:, 0]), (kind, rms)
     med = np.sqrt(np.mean(e["median"] ** 2, axis=0))
     assert med[1] <= 1.1 * med[0], (kind, med)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="issue 18 acceptance read as a change vs the clean run not reached: the change "
+                   "of the region medians is 0.16-0.39 x the clean error (ten scans), above 0.1; leaving the one lost "
+                   "reference pattern out of the clean result's own reference median moves the strained-region "
+                   "medians by ~0.4 x the clean error (first order), whatever the method")
+@pytest.mark.parametrize("kind", FLAW_CLASSES)
+def test_flawed_medians_change_by_at_most_10_percent_of_clean_error(errors_over_seeds, kind):
+    """The stricter reading: |flawed - clean| region medians (RMS over scans and components) <= 0.1 x clean error."""
+    med = errors_over_seeds[kind]["median"]
+    change = np.sqrt(np.mean((med[:, 1] - med[:, 0]) ** 2))
+    assert change <= 0.1 * np.sqrt(np.mean(med[:, 0] ** 2)), (kind, change)
