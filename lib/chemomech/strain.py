@@ -682,8 +682,8 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
                                          pad, limit, search=search, details=True, fit_snr=True)
     ok = (snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
-    near_bad = _near(prep["flaws"]["bad"] if prep["flaws"]["bad"].any() else None, half + 1.0)
-    if near_bad is not None:  # the free fits see excluded pixels (filled in or clipped): leave those disks out
+    near_bad = _near(prep["bad"], half + 1.0)
+    if near_bad is not None:  # the free fits see filled-in (dead, hot) pixels as data: leave those disks out
         ij = np.clip(np.round(pos).astype(int), 0, limit - 1)
         ok &= ~near_bad[ij[:, 0], ij[:, 1]]
     ok = ok.reshape(-1, 2, d)
