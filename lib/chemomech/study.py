@@ -636,21 +636,11 @@ def _registration_term(model: learning.EigenstrainModel, config: StudyConfig, me
 
 def _perturbed_registration(reg: registration.Registration, mask: np.ndarray, sd_px: float,
                             gen: np.random.Generator) -> registration.Registration:
-    """`reg` composed with a random affine on the fixed grid of RMS displacement about `sd_px` over `mask`.
+    """`reg` composed with a random affine on the fixed grid: RMS displacement `sd_px` over `mask`.
 
-    Translation ~ N(0, sd/sqrt(2)) per axis; the linear part's entries ~ N(0, sd / (2 R)),
-    R the RMS radius of the mask, about the mask's centroid.
+    The affine is :func:`chemomech.geometry.random_affine`.
     """
-    rows, cols = np.nonzero(mask)
-    c = np.array([rows.mean(), cols.mean()])
-    radius = float(np.sqrt(np.mean((rows - c[0]) ** 2 + (cols - c[1]) ** 2)))
-    t = gen.normal(0.0, sd_px / np.sqrt(2.0), 2)
-    lin = gen.normal(0.0, sd_px / (2.0 * max(radius, 1.0)), (2, 2))
-    P = np.eye(3)
-    P[:2, :2] += lin
-    P[:2, 2] = t - lin @ c
-    out = dataclasses.replace(reg, matrix=reg.matrix @ P)
-    return out
+    return dataclasses.replace(reg, matrix=reg.matrix @ geometry.random_affine(mask, sd_px, gen))
 
 
 def _defect_centre_xray(m: ParticleMeasurement, centre_nm) -> tuple[float, float]:
