@@ -31,20 +31,27 @@ import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
 
 
-def run_seed(seed: int) -> dict:
-    """One quick study; the slope table as plain numbers."""
+def run_seed(seed: int, preset: str = "quick", truth_stiffness: str | None = None) -> dict:
+    """One study of `preset` (``quick`` or ``realistic``); the slope table as plain numbers."""
+    import dataclasses
+
     from chemomech import study
 
+    cfg = getattr(study.StudyConfig, preset)(seed=seed)
+    if truth_stiffness is not None:
+        cfg = dataclasses.replace(cfg, truth_stiffness=truth_stiffness)
     t0 = time.perf_counter()
-    res = study.run_study(study.StudyConfig.quick(seed=seed))
+    res = study.run_study(cfg)
     sec = time.perf_counter() - t0
     tab = res.slopes
-    out = {"seed": int(seed), "seconds": sec, "degree": int(res.model.degree),
+    out = {"seed": int(seed), "preset": preset, "truth_stiffness": cfg.truth_stiffness,
+           "seconds": sec, "degree": int(res.model.degree),
            "learning_seconds": float(res.seconds.get("learning", float("nan")))}
     for c in ("aa", "cc"):
         row = tab.sel(component=c)
@@ -69,11 +76,16 @@ def main() -> None:
     ap.add_argument("--seeds", default="2022-2031", help="range a-b or comma list")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the per-seed results as JSON")
+    ap.add_argument("--preset", default="quick", choices=("quick", "realistic"),
+                    help="StudyConfig preset (default quick: the ideal twin)")
+    ap.add_argument("--truth-stiffness", default=None, choices=("average", "composition"),
+                    help="stiffness of the twin's truth (StudyConfig.truth_stiffness; default: the preset's)")
     args = ap.parse_args()
     seeds = _seeds(args.seeds)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
-        rows = list(ex.map(run_seed, seeds))
+        rows = list(ex.map(partial(run_seed, preset=args.preset, truth_stiffness=args.truth_stiffness), seeds))
+    print(f"preset {args.preset}, truth stiffness {args.truth_stiffness or 'as the preset'}")
     wall = time.perf_counter() - t0
     print(f"{'seed':>6} {'deg':>3} | {'aa learned':>10} {'aa err':>7} {'aa interval':>22} cov | "
           f"{'cc learned':>10} {'cc err':>7} {'cc interval':>22} cov | s")
