@@ -27,6 +27,10 @@ strain was given the X-ray pixel's resolution (correlate.XRAY_PIXEL_KERNEL), whi
 With the truth computed with the X-dependent stiffness (``--truth-stiffness composition``; the
 learning keeps the phase-averaged one): both slopes covered 10/10 (aa 10/10, cc 10/10); mean |error|
 aa 0.90 % (max 1.39 %), cc 0.72 % (max 1.54 %); mean half-widths 2.96 % (aa), 3.90 % (cc).
+The realistic twin with that truth (``--preset realistic --truth-stiffness composition``): both
+slopes covered only 8/10 (aa 8/10: seeds 2025 at -1.62 % and 2026 at -1.57 % missed; cc 10/10);
+mean |error| aa 1.13 % (max 2.19 %, all but one seed below the truth), cc 0.68 %; half-widths 3.91 %
+and 5.17 %. So the realistic preset keeps the phase-averaged truth (StudyConfig.truth_stiffness).
 
 Run (``--preset realistic`` for the realistic twin, ``--truth-stiffness composition`` for a truth
 computed with the X-dependent stiffness the learning does not know):

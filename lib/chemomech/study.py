@@ -142,7 +142,9 @@ class StudyConfig:
         stiffness the learning also assumes, or one that follows X point by point
         (``elasticity.stiffness_ac(X)``), which the learning does not know — as
         for a real particle. The stiffness term of the intervals
-        (`stiffness_uncertainty`) is what should cover the difference.
+        (`stiffness_uncertainty`) is what should cover the difference. Off in
+        every preset: on the realistic twin the a-slope intervals covered the
+        truth for only 8 of 10 seeds with it (benchmarks/study_coverage.py).
     """
 
     seed: int = 2022
