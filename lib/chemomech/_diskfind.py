@@ -302,14 +302,17 @@ class Locator:
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
         size); `guess` and the returned positions are unpadded detector coordinates; `cc` is
-        :meth:`correlate` of the images before padding, when already computed.
+        :meth:`correlate` of the images before padding (read with wrap-around) or of `img` itself,
+        when already computed.
         """
         margin = pad - self.half - search - 3
         if margin < 0:
             raise ValueError(f"pad {pad} too small for search {search} and template half-width {self.half}")
         lo, hi = -margin, limit - 1 + margin
         c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
-        c1, frac = self.coarse(img, idx, c0, int(search), cc, cc_offset=pad)
+        # `cc` of the padded images (same shape) or, read with wrap-around, of the unpadded ones
+        off = 0 if cc is None or cc.shape[1:] == img.shape[1:] else pad
+        c1, frac = self.coarse(img, idx, c0, int(search), cc, cc_offset=off)
         c1 = np.clip(c1, lo + pad, hi + pad)
         out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
         d, amp, amp_err, pos_err = out[:4]
