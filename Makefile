@@ -3,6 +3,7 @@
 #   make book   # main job: clean build of the executed book -> _build/html/index.html
 #   make test   # unit tests + doctests + every chapter under nbval
 #   make env    # (run by both) create/update .venv from requirements.lock; fast no-op when current
+#   make pdf         # after make book: the book as one PDF, _build/html/chemomech.pdf (run by .ci/run)
 #   make check-html  # after make book: every page in headless Chromium, network blocked (run by .ci/run)
 #   make mutation    # mutation testing of six analysis modules with mutmut (slow; not part of CI)
 #   make lint | clean | distclean
@@ -33,11 +34,12 @@ export JUPYTER_PATH := $(CURDIR)/$(VENV)/share/jupyter
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help env test unit nbval book check-html mutation lint clean distclean
+.PHONY: help env test unit nbval book pdf check-html mutation lint clean distclean
 
 help:
 	@echo "make book       build the book (clean, executed, -W) -> $(BUILD)/html/index.html"
 	@echo "make test       unit tests + doctests + nbval of every chapter"
+	@echo "make pdf        after make book: print the single-page build to $(BUILD)/html/chemomech.pdf"
 	@echo "make check-html after make book: open every page in headless Chromium (network blocked), check it"
 	@echo "make env        create/update $(VENV) from requirements.lock (run by book and test)"
 	@echo "make mutation   mutmut over elasticity, _diskfind, learning, strain, xanes, registration (slow)"
@@ -81,18 +83,30 @@ nbval: $(STAMP)
 
 # ------------------------------------------------------------------ book
 book: $(STAMP)
-	rm -rf $(BUILD)/html $(BUILD)/.jupyter_cache $(BUILD)/jupyter_execute $(BUILD)/.doctrees
+	rm -rf $(BUILD)/html $(BUILD)/singlehtml $(BUILD)/.jupyter_cache $(BUILD)/jupyter_execute $(BUILD)/.doctrees
 	$(BIN)/jupyter-book build . -n -W --keep-going
 	@echo
 	@echo "Book built: open $(BUILD)/html/index.html"
 
 # ------------------------------------------------------------------ rendered pages
-# Installs Debian's chromium when it is missing (needs root, as in CI), tests the checker on pages with
-# known faults, then checks every page of the built book; screenshots go to $(BUILD)/screens.
-check-html: $(STAMP)
+# Both targets need the built book and Debian's chromium, installed when missing (needs root, as in CI).
+define need_book_and_chromium
 	@test -f $(BUILD)/html/index.html || { echo "error: $(BUILD)/html/index.html missing; run make book first" >&2; exit 1; }
 	@command -v chromium >/dev/null || { echo "installing Debian's chromium (apt-get)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+endef
+
+# The single-page build reuses the chapters executed by `make book` (same .doctrees, nothing changed),
+# then Chromium prints it, network blocked, after the page passes the same checks as check-html.
+pdf: $(STAMP)
+	$(need_book_and_chromium)
+	$(BIN)/jupyter-book build . --builder singlehtml -n -W --keep-going
+	$(PY) tools/book_pdf.py $(BUILD)/singlehtml $(BUILD)/html/chemomech.pdf
+
+# Tests the checker on pages with known faults, then checks every page of the built book (links to
+# the PDF included, so run `make pdf` first); screenshots go to $(BUILD)/screens.
+check-html: $(STAMP)
+	$(need_book_and_chromium)
 	$(PY) -m pytest -q -m browser tests/test_check_html.py
 	rm -rf $(BUILD)/screens
 	$(PY) tools/check_html.py $(BUILD)/html --screens $(BUILD)/screens

@@ -6,11 +6,13 @@ and the wall time of `register`; and the time relative to a baseline run side
 by side in the same process: one plain SimpleITK Mattes-MI affine registration
 (centred-moments initialiser, no mirror/rotation search) of the same pair.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/registration_speed.py [n_cases] [--realistic]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/registration_speed.py [n_cases] [--realistic [--dynamical]]
 
 With ``--realistic`` the pairs are real-looking (:func:`chemomech.twin.pair.simulate_realistic_pair`:
 dark-field diffraction texture, holes, film, neighbour, X-ray blur, any rotation) and the TRE is taken
-over the *true* fixed particle mask.
+over the *true* fixed particle mask. With ``--dynamical`` as well, the particle's dark-field signal is the
+annular virtual dark field of the dynamical 4D-STEM twin (``stem4d.simulate_particle(disks="dynamical")``,
+64 x 64 scan; ~0.5-2 min per particle) instead of the drawn stand-in texture.
 """
 
 from __future__ import annotations
@@ -50,17 +52,31 @@ def baseline(fixed: np.ndarray, moving: np.ndarray, points: np.ndarray) -> tuple
     return dt, mapped[:, ::-1]
 
 
-def main(n_cases: int = 12, realistic: bool = False) -> None:
+def dynamical_df(k: int):
+    """Annular virtual dark field (particle-frame nm coordinates) of case `k`'s particle, dynamical disks."""
+    from chemomech.strain import virtual_images
+    from chemomech.twin import stem4d
+
+    p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
+    ds = stem4d.simulate_particle(p, scan_shape=(64, 64), disks="dynamical", rng=k)
+    v = virtual_images(ds.datacube, radius_px=float(ds.attrs["disk_radius_px"]))
+    return v.dark_field.assign_coords(y=ds.y, x=ds.x).load()
+
+
+def main(n_cases: int = 12, realistic: bool = False, dynamical: bool = False) -> None:
     import pandas as pd
 
-    table = evaluate.tre_trials(n_cases, realistic=realistic)  # same seeds as the acceptance tests and the chapter
+    df_images = [dynamical_df(k) for k in range(n_cases)] if dynamical else None
+    # same seeds as the acceptance tests and the chapter
+    table = evaluate.tre_trials(n_cases, realistic=realistic, df_images=df_images)
     base, base_tre = [], []
     for k in range(n_cases):  # the same pairs again, for the side-by-side baseline
         p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
         if realistic:
             par = twin.pair.random_pair_parameters(1000 + k, max_rotation_rad=np.pi)
             par.pop("contrast")
-            f, m, truth = twin.pair.simulate_realistic_pair(p, **par, rng=k)
+            f, m, truth = twin.pair.simulate_realistic_pair(p, **par, rng=k,
+                                                            df_image=None if df_images is None else df_images[k])
             pts = np.argwhere(truth.fixed_mask).astype(float)
         else:
             f, m, truth = twin.pair.simulate_pair(p, **twin.pair.random_pair_parameters(1000 + k), rng=k)
@@ -74,6 +90,7 @@ def main(n_cases: int = 12, realistic: bool = False) -> None:
     with pd.option_context("display.width", 180, "display.max_columns", 20):
         print(table.drop(columns=[c for c in ("error",) if c in table]).round(3))
     if realistic:
+        print("dark field: " + ("dynamical 4D-STEM twin (virtual ADF)" if dynamical else "drawn stand-in texture"))
         print(f"raised: {int((table.error != '').sum())} of {n_cases}; min Dice of the true masks under the "
               f"estimate {table.dice_truth.min():.3f}")
     print(f"mean of per-case mean TRE {table.tre_mean_px.mean():.3f} px; worst case mean "
@@ -87,5 +104,6 @@ def main(n_cases: int = 12, realistic: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--realistic"]
-    main(int(args[0]) if args else 12, realistic="--realistic" in sys.argv[1:])
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    main(int(args[0]) if args else 12, realistic="--realistic" in sys.argv[1:],
+         dynamical="--dynamical" in sys.argv[1:])

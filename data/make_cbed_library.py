@@ -2,7 +2,7 @@
 
 Run from the repository root (needs the optional extra ``twin``, i.e. abTEM 1.0.9)::
 
-    OMP_NUM_THREADS=1 .venv/bin/python data/make_cbed_library.py            # whole library (~5 min, 1 core)
+    OMP_NUM_THREADS=1 .venv/bin/python data/make_cbed_library.py            # whole library (~7 min, 1 core)
     .venv/bin/python data/make_cbed_library.py --phase LFP --out /tmp/x.npz  # one phase only
     .venv/bin/python data/make_cbed_library.py --validate                    # probe-CBED check, prints numbers
 
@@ -47,12 +47,21 @@ single-crystal X-ray refinement of Streltsov et al., Acta Cryst. B49, 147 (1993)
 doi:10.1107/S0108768192009467 (the values the twin already uses, ``chemomech.materials.LFP_ATOMS``); they
 agree to < 2e-4 with the independent refinement of Janssen et al., Chem. Mater. 25, 4574
 (2013), doi:10.1021/cm4027682 (COD 4001848), whose U_iso values (293 K) give the B factors
-below. FePO4 (heterosite) positions: the published refinements (Andersson et al., Solid State
+below. FePO4 (heterosite) positions: no experimental refinement (Andersson et al., Solid State
 Ionics 130, 41 (2000), doi:10.1016/S0167-2738(00)00311-8; Rousse et al., Chem. Mater. 15, 4082
-(2003), doi:10.1021/cm0300462) could not be transcribed from a verifiable source while this
-library was made, so ``FP`` uses the LiFePO4 fractional positions without Li, on the FePO4
-lattice (flagged in the attrs, ``atom_positions_source``). Replace ``FP_ATOMS`` with the
-heterosite refinement and rerun this script to update the library.
+(2003), doi:10.1021/cm0300462) could be read from a verifiable copy while this library was
+made. ``FP_ATOMS`` (``chemomech.materials.FP_ATOMS``) is therefore a *computed* structure:
+the file ``test_files/FePO4a.cif`` of pymatgen (github.com/materialsproject/pymatgen, added in
+commit 558e2d437, 2012-03-10; read from the fork mfherbst/pymatgen at commit cc4ccf3f3). It is
+a P1 VESTA export of delithiated olivine FePO4 without a stated source; its cell (9.913, 5.914,
+4.860 Å, angles 90 +- 0.004 deg) is 0.9-2.1 % larger than measured, as a GGA+U relaxation
+gives, so it is not an experimental refinement. Its 24 atoms obey Pnma to < 3e-5; the
+asymmetric unit is the mean over the eight Pnma images. Compared with the LiFePO4 positions it
+moves O2 by 0.26 Å along c and O1 by 0.19 Å along a. The fractional positions are placed on the
+measured FePO4 lattice of the book (Padhi et al. 1997, ``chemomech.materials.LATTICE_FP_ANGSTROM``),
+which is therefore not from the same source as the positions. Replace
+``chemomech.materials.FP_ATOMS`` by an experimental refinement when one is at hand and rerun
+this script.
 
 Numerics. 128 x 64 grid points per a x c cell (0.081 x 0.073 Å), 4 slices per cell
 (b/4 ~ 1.5 Å, atoms shifted by b/8 along the beam so that none sits on a slice boundary),
@@ -69,7 +78,7 @@ exact for non-overlapping disks. Against the committed library as the twin uses 
 (termination average, interpolated by ``chemomech.twin.cbed.disk_intensities``): r = 0.99992,
 relative RMS 1.1 %. Read with the opposite tilt sign: r = 0.982, relative RMS 17 %, so the
 sign convention (beam g at g + tilt / wavelength) is the right one. At 30 nm and zero tilt
-the 200 beam is 7.5x the 000 beam for LFP (1.6x for FP); the probe pattern gives 7.53.
+the 200 beam is 7.5x the 000 beam for LFP (0.8x for FP); the probe pattern gives 7.53.
 """
 
 from __future__ import annotations
@@ -85,21 +94,20 @@ from pathlib import Path
 
 import numpy as np
 
-from chemomech.materials import LATTICE_FP_ANGSTROM, LATTICE_LFP_ANGSTROM, LFP_ATOMS, PNMA_OPERATIONS
+from chemomech.materials import FP_ATOMS, LATTICE_FP_ANGSTROM, LATTICE_LFP_ANGSTROM, LFP_ATOMS, PNMA_OPERATIONS
 
 VOLTAGE_KV = 300.0  # accelerating voltage, kV
 ENERGY_EV = VOLTAGE_KV * 1e3
 #: a, b, c in Å of each phase (chemomech.materials, with their sources).
 LATTICE_A = {"FP": LATTICE_FP_ANGSTROM, "LFP": LATTICE_LFP_ANGSTROM}
-#: FePO4: LiFePO4 positions without Li (placeholder, see the module docstring).
-FP_ATOMS = tuple(row for row in LFP_ATOMS if row[0] != "Li")
 ATOMS = {"FP": FP_ATOMS, "LFP": LFP_ATOMS}
 ATOM_SOURCE = {
     "LFP": "Streltsov et al., Acta Cryst. B49, 147 (1993), doi:10.1107/S0108768192009467",
     "FP": (
-        "placeholder: LiFePO4 positions of Streltsov et al. (1993), doi:10.1107/S0108768192009467, "
-        "without Li, on the FePO4 lattice; heterosite refinement (Andersson et al. 2000, "
-        "doi:10.1016/S0167-2738(00)00311-8) not yet transcribed"
+        "computed (DFT-relaxed, source not stated in the file) delithiated olivine FePO4: "
+        "pymatgen test_files/FePO4a.cif (materialsproject/pymatgen commit 558e2d437), "
+        "Pnma-symmetrised; placed on the measured FePO4 lattice of Padhi et al. (1997), "
+        "doi:10.1149/1.1837571; not an experimental heterosite refinement"
     ),
 }
 #: Isotropic displacement U_iso (Å^2), LiFePO4 at 293 K, Janssen et al. (2013), doi:10.1021/cm4027682;

@@ -28,7 +28,8 @@ def _beam(lib, h, ell):
 
 # ------------------------------------------------------------------- (a) regenerate with abTEM
 @pytest.mark.slow
-def test_regenerated_entry_matches_committed_library(lib):
+@pytest.mark.parametrize("phase", ["LFP", "FP"])
+def test_regenerated_entry_matches_committed_library(lib, phase):
     pytest.importorskip("abtem")
     spec = importlib.util.spec_from_file_location("make_cbed_library", SCRIPT)
     maker = importlib.util.module_from_spec(spec)
@@ -36,10 +37,10 @@ def test_regenerated_entry_matches_committed_library(lib):
     spec.loader.exec_module(maker)
     tilts = lib.tilt_x_mrad.values[:3]  # 0, 0.2, 0.4 mrad: exercises the termination average
     thickness = lib.thickness_nm.values[:2]  # 10, 15 nm
-    entry = maker.library_entry("LFP", thickness_nm=thickness, tilt_axis_mrad=tilts)
+    entry = maker.library_entry(phase, thickness_nm=thickness, tilt_axis_mrad=tilts)
     assert_allclose(entry["h"], lib.h.values)
     assert_allclose(entry["l"], lib.l.values)
-    committed = lib.intensity.sel(phase="LFP").isel(thickness_nm=[0, 1], tilt_x_mrad=[0, 1, 2], tilt_y_mrad=[0, 1, 2])
+    committed = lib.intensity.sel(phase=phase).isel(thickness_nm=[0, 1], tilt_x_mrad=[0, 1, 2], tilt_y_mrad=[0, 1, 2])
     # Same code, same numpy FFT: only the float32 storage differs (relative 6e-8), so 1e-6 of the
     # largest intensity is tight; a changed structure, slicing or tilt sign moves values by >1e-3.
     assert_allclose(entry["intensity"], committed.values, rtol=0, atol=1e-6 * float(committed.max()))

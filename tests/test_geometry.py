@@ -67,3 +67,24 @@ def test_largest_component_keeps_the_biggest_piece_and_copies():
     copy = geometry.largest_component(single)
     copy[0, 0] = True
     assert not single[0, 0]
+
+
+@pytest.mark.parametrize("shape", [(slice(10, 50), slice(20, 30)), (slice(5, 60), slice(5, 60))])
+def test_random_affine_has_the_rms_displacement_asked_for(shape):
+    # an elongated and a square mask, off-centre: the RMS displacement over the mask is sd_px
+    m = np.zeros((80, 70), bool)
+    m[shape] = True
+    gen = np.random.default_rng(4)
+    pts = np.argwhere(m).astype(float)
+    msd = [np.mean(np.sum((geometry.apply_affine(geometry.random_affine(m, 0.8, gen), pts) - pts) ** 2, 1))
+           for _ in range(2000)]
+    assert np.sqrt(np.mean(msd)) == pytest.approx(0.8, rel=0.05)   # 2000 draws: ~2 % sampling error
+    assert np.allclose(geometry.random_affine(m, 0.0, gen), np.eye(3))
+
+
+@pytest.mark.parametrize("kw, err", [(dict(mask=np.zeros((5, 5), bool)), ValueError), (dict(sd_px=-1.0), ValueError),
+                                     (dict(sd_px=np.nan), ValueError), (dict(rng=3), TypeError)])
+def test_random_affine_bad_input(kw, err):
+    args = dict(mask=np.ones((5, 5), bool), sd_px=0.5, rng=np.random.default_rng(0)) | kw
+    with pytest.raises(err):
+        geometry.random_affine(**args)

@@ -103,6 +103,23 @@ def test_learn_command_recovers_the_law(standins, tmp_path):
     assert all((out / f).is_file() for f in summary["files"])
 
 
+def test_registration_term_widens_the_intervals_only(standins):
+    from chemomech import learning
+
+    stacks = io.read_stacks(standins[2])
+    kw = dict(max_degree=1, n_boot=20, seed=3)
+    _, _, plain = learning.learn_stacks(stacks, **kw)
+    _, _, reg = learning.learn_stacks(stacks, registration_sd_px=1.0, n_perturb=3, **kw)
+    assert plain["slopes"] == reg["slopes"]               # a spread term, not a shift
+    assert any(t.startswith("registration ±1 px") for t in reg["interval_terms"])
+    assert not any(t.startswith("registration") for t in plain["interval_terms"])
+    for c in ("aa", "cc"):
+        width = [np.diff(s["slope_interval"][c])[0] for s in (plain, reg)]
+        assert width[1] > width[0], (c, width)
+    with pytest.raises(ValueError, match="registration_sd_px"):
+        learning.learn_stacks(stacks, registration_sd_px=-0.5, **kw)
+
+
 @pytest.mark.parametrize("flaw, expected", [
     ("missing_var", "lacks ['LFP']"),
     ("wrong_shape", "share one grid"),
@@ -137,3 +154,5 @@ def test_bad_files_give_one_line_and_write_nothing(standins, tmp_path, flaw, exp
 def test_learn_bad_arguments_exit_2(tmp_path):
     run = _learn(["--out", tmp_path / "o"], tmp_path)
     assert run.returncode == 2
+    run = _learn(["x.mat", "--out", tmp_path / "o", "--registration-sd-px", "-1"], tmp_path)
+    assert run.returncode == 2 and "--registration-sd-px" in run.stderr and not (tmp_path / "o").exists()

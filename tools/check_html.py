@@ -7,6 +7,8 @@ DOM. A page fails when
 - it has no ``<title>``;
 - a script, stylesheet or image comes from outside the site (``http(s)://`` or ``//``);
 - an image it shows is missing or empty on disk;
+- a link to a file of the site (a download such as the PDF or a chapter's notebook) points to
+  nothing, or a page with code cells offers no download of its notebook (``.ipynb``);
 - an equation is left untypeset (a ``math`` element without MathJax output inside);
 - a cell output shows a traceback or a warning.
 
@@ -86,8 +88,13 @@ def _external(ref: str) -> bool:
     return ref.startswith(("http://", "https://", "//"))
 
 
-def problems(page: Path, dom: str) -> list[str]:
-    """Everything wrong with one rendered page, one message each."""
+def problems(page: Path, dom: str, *, site_links: bool = True) -> list[str]:
+    """Everything wrong with one rendered page, one message each.
+
+    `site_links`: check the links into the site (every local link resolves; a page with code
+    cells links to its own notebook, ``<page>.ipynb``, the download a reader runs); off for the
+    single-page build that is printed to PDF, whose links are not followed.
+    """
     soup = BeautifulSoup(dom, "html.parser")
     out = []
     if soup.title is None or not soup.title.get_text(strip=True):
@@ -109,6 +116,18 @@ def problems(page: Path, dom: str) -> list[str]:
         target = (page.parent / unquote(urlparse(ref).path)).resolve()
         if not target.is_file() or target.stat().st_size == 0:
             out.append(f"image missing or empty: {ref}")
+    for el in soup.find_all("a") if site_links else []:
+        ref = el.get("href") or ""
+        parts = urlparse(ref)
+        if not parts.path or parts.scheme or parts.netloc or ref.startswith("//"):
+            continue   # in-page anchor, external or mailto: link
+        target = (page.parent / unquote(parts.path)).resolve()
+        if not target.exists():
+            out.append(f"link to a missing file: {ref}")
+    if site_links and soup.select("div.cell"):
+        own = f"{page.stem}.ipynb"
+        if not any(urlparse(el.get("href") or "").path.endswith("/" + own) for el in soup.find_all("a")):
+            out.append(f"code cells but no download link to {own}")
     for el in soup.select(".math"):
         if el.find("mjx-container") is None:
             out.append(f"equation not typeset: {el.get_text()[:60]!r}")

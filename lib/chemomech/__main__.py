@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--max-degree", type=int, default=3, metavar="N", help="highest degree tried (default 3)")
     m.add_argument("--n-boot", type=int, default=200, metavar="N", help="bootstrap replicates (default 200)")
     m.add_argument("--seed", type=int, default=0, metavar="N", help="seed of CV folds and bootstrap (default 0)")
+    m.add_argument("--registration-sd-px", type=float, default=0.0, metavar="PX",
+                   help="expected registration error of the stacks (RMS displacement, pixels); the intervals then "
+                        "include it (default 0: they do not)")
     return p
 
 
@@ -241,12 +244,15 @@ def _main_learn(args) -> int:
     out = Path(args.out).expanduser()
     if args.max_degree < 1 or args.n_boot < 2:
         return _fail(f"--max-degree must be >= 1 and --n-boot >= 2, got {args.max_degree} and {args.n_boot}", 2)
+    if not args.registration_sd_px >= 0 or args.registration_sd_px == float("inf"):
+        return _fail(f"--registration-sd-px must be a finite number >= 0, got {args.registration_sd_px}", 2)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             stacks = io.read_stacks(args.files)
             model, aligned, summary = learning.learn_stacks(stacks, max_degree=args.max_degree, n_boot=args.n_boot,
-                                                           seed=args.seed)
+                                                           seed=args.seed,
+                                                           registration_sd_px=args.registration_sd_px)
             path = write_learned(model, aligned, summary, out, overwrite=args.force)
     except KeyboardInterrupt:
         return _fail("interrupted; nothing was written", 1)

@@ -28,6 +28,8 @@ the residual variance, which gives a dose-independent detection threshold
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import scipy.fft as sfft
 from numpy.lib.stride_tricks import sliding_window_view
@@ -117,24 +119,8 @@ class Locator:
             cols += [uy, ux]
         jac = np.stack(cols, axis=2)[:, support, :]  # (S, P_support, K)
         jtj = np.matmul(jac.transpose(0, 2, 1), jac)
-        n_k = jac.shape[2]
-        # ridge levels on the two linear content terms (columns 4, 5): level 0 = none
-        self.prior = None
-        levels = [0.0]
-        if content_order >= 1 and prior_levels:
-            unit = float(np.mean(jtj[len(jtj) // 2, [4, 5], [4, 5]]))
-            levels += list(unit * PRIOR_LEVELS)
-            self.set_prior(slope_prior, radius)
-        self.levels = np.asarray(levels)
-        # the prior of a quadratic content coefficient is the linear one's divided by the radius, so its
-        # penalty is radius^2 times larger at the same level
-        pen = np.zeros((len(levels), n_k))
-        if content_order >= 1:
-            pen[:, 4] = pen[:, 5] = self.levels
-        if content_order >= 2:
-            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2 / float(curvature_ratio) ** 2
-        inv = np.linalg.inv(jtj[None] + np.einsum("lk,kj->lkj", pen, np.eye(n_k))[:, None])  # (L, S, K, K)
-        self.pinv = np.matmul(inv, jac.transpose(0, 2, 1)[None]).astype(np.float32)  # (L, S, K, P_support)
+        self._jac_t = jac.transpose(0, 2, 1)
+        self._content_order = int(content_order)
         self.jtj = jtj
         self.jac = jac.astype(np.float32)
         # detection: the uniform-disk model (first four columns) on the whole window, so that the SNR means
@@ -144,9 +130,50 @@ class Locator:
         inv4 = np.linalg.inv(self.jtj4)
         self.pinv4 = np.matmul(inv4, jac4.transpose(0, 2, 1)).astype(np.float32)  # (S, 4, P_window)
         self.amp_var = inv4[:, 0, 0].copy()  # (S,)
-        self.pen = pen  # (L, K) ridge penalty per level and coefficient
-        self.inv_diag = np.diagonal(inv, axis1=2, axis2=3).copy()  # (L, S, K)
         self._fft_cache: dict = {}
+        self._set_levels(prior_levels, slope_prior, radius, curvature_ratio)
+
+    def _set_levels(self, prior_levels: bool, slope_prior: float | None, radius: float,
+                    curvature_ratio: float) -> None:
+        """Ridge levels on the content terms (level 0 = none) and their (lazily computed) tables."""
+        self.prior = None
+        levels = [0.0]
+        if self._content_order >= 1 and prior_levels:
+            # in units of the linear content terms' (columns 4, 5) own normal-matrix entry
+            unit = float(np.mean(self.jtj[len(self.jtj) // 2, [4, 5], [4, 5]]))
+            levels += list(unit * PRIOR_LEVELS)
+            self.set_prior(slope_prior, radius)
+        self.levels = np.asarray(levels)
+        n_s, n_k, n_p = self._jac_t.shape
+        # the prior of a quadratic content coefficient is the linear one's divided by the radius, so its
+        # penalty is radius^2 times larger at the same level
+        pen = np.zeros((len(levels), n_k))
+        if self._content_order >= 1:
+            pen[:, 4] = pen[:, 5] = self.levels
+        if self._content_order >= 2:
+            pen[:, 6] = pen[:, 7] = pen[:, 8] = self.levels * float(radius) ** 2 / float(curvature_ratio) ** 2
+        self.pen = pen  # (L, K) ridge penalty per level and coefficient
+        # estimator rows (L, S, K, P_support) and covariance diagonals (L, S, K) of each ridge level; a level
+        # is computed when a disk first needs it (_ensure_levels)
+        self.pinv = np.zeros((len(levels), n_s, n_k, n_p), np.float32)
+        self.inv_diag = np.zeros((len(levels), n_s, n_k))
+        self._built = np.zeros(len(levels), bool)
+        self._ensure_levels(np.array([0]))
+
+    def with_prior(self, slope_prior: float | None, radius: float, curvature_ratio: float = 1.0) -> "Locator":
+        """A copy with the content priors (see the class parameters) that shares this one's template tables."""
+        out = copy.copy(self)
+        out._set_levels(True, slope_prior, radius, curvature_ratio)
+        return out
+
+    def _ensure_levels(self, li: np.ndarray) -> None:
+        """Compute the tables of the ridge levels in `li` that are not yet computed."""
+        for lev in np.unique(li):
+            if not self._built[lev]:
+                inv = np.linalg.inv(self.jtj + np.diag(self.pen[lev])[None])  # (S, K, K)
+                self.pinv[lev] = np.matmul(inv, self._jac_t)
+                self.inv_diag[lev] = np.diagonal(inv, axis1=1, axis2=2)
+                self._built[lev] = True
 
     def set_prior(self, slope_prior: float | None, radius: float = 1.0) -> None:
         """Set (or, with None, remove) the content-slope prior; see the class parameters."""
@@ -175,8 +202,12 @@ class Locator:
         return view[idx, centre[:, 0] - half, centre[:, 1] - half]
 
     def coarse(self, img: np.ndarray, idx: np.ndarray, centre: np.ndarray, search: int,
-               cc: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Integer position (m, 2) of the correlation maximum within +-search px and a parabolic offset (m, 2)."""
+               cc: np.ndarray | None = None, cc_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Integer position (m, 2) of the correlation maximum within +-search px and a parabolic offset (m, 2).
+
+        `cc` (optional) is the circular correlation of the images before padding by `cc_offset` px; its
+        windows are read with wrap-around (no padded copy).
+        """
         if cc is None:  # direct windowed correlation: cheap for a few disks per pattern
             big = self._windows(img, idx, centre, search + self.half + 1)
             n = 2 * search + 3
@@ -184,7 +215,10 @@ class Locator:
             for (u, v), t in np.ndenumerate(self.template):  # shift-and-add, W^2 vectorised steps
                 loc += t * big[:, u:u + n, v:v + n]
         else:
-            loc = self._windows(cc, idx, centre, search + 1)
+            r = np.arange(-(search + 1), search + 2)
+            rows = (centre[:, 0, None] - cc_offset + r) % cc.shape[1]
+            cols = (centre[:, 1, None] - cc_offset + r) % cc.shape[2]
+            loc = cc[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
         inner = loc[:, 1:-1, 1:-1]
         n = inner.shape[1]
         k = inner.reshape(len(inner), -1).argmax(axis=1)
@@ -227,6 +261,7 @@ class Locator:
                 lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
                 li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
                 li = np.where(amp > 0, li, len(self.levels) - 1)
+                self._ensure_levels(li)
             if it == last:
                 break
             safe = amp > 0
@@ -267,14 +302,17 @@ class Locator:
 
         `img` holds images zero-padded by `pad` px on every side (``limit`` is the unpadded (ky, kx)
         size); `guess` and the returned positions are unpadded detector coordinates; `cc` is
-        ``correlate(img)`` when already computed.
+        :meth:`correlate` of the images before padding (read with wrap-around) or of `img` itself,
+        when already computed.
         """
         margin = pad - self.half - search - 3
         if margin < 0:
             raise ValueError(f"pad {pad} too small for search {search} and template half-width {self.half}")
         lo, hi = -margin, limit - 1 + margin
         c0 = np.clip(np.round(guess).astype(int), lo, hi) + pad
-        c1, frac = self.coarse(img, idx, c0, int(search), cc)
+        # `cc` of the padded images (same shape) or, read with wrap-around, of the unpadded ones
+        off = 0 if cc is None or cc.shape[1:] == img.shape[1:] else pad
+        c1, frac = self.coarse(img, idx, c0, int(search), cc, cc_offset=off)
         c1 = np.clip(c1, lo + pad, hi + pad)
         out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
         d, amp, amp_err, pos_err = out[:4]

@@ -124,7 +124,8 @@ def registration_tre(estimate: registration.Registration, truth: registration.Re
     return np.hypot(*(back - pts).T)
 
 
-def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, **register_options) -> pd.DataFrame:
+def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, df_images=None,
+               **register_options) -> pd.DataFrame:
     """Register ``n_cases`` random simulated pairs and tabulate the target registration error.
 
     Registers pairs from :func:`chemomech.twin.pair.simulate_pair` (idealised) or
@@ -144,6 +145,10 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
         Seed of the first case's geometry.
     realistic : bool
         Real-looking pairs instead of idealised ones.
+    df_images : sequence of xarray.DataArray, optional
+        Realistic pairs only: ``df_images[k]`` replaces the stand-in dark-field texture of
+        case ``k`` (``df_image=`` of :func:`chemomech.twin.pair.simulate_realistic_pair`),
+        e.g. virtual dark-field images of the dynamical 4D-STEM twin of the same particles.
     **register_options
         Passed to :func:`chemomech.registration.register`.
 
@@ -155,6 +160,9 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
         ``dice_truth`` (Dice of the true masks under the estimate) and ``error``
         (the message of a :class:`~chemomech.registration.RegistrationError`, else "").
     """
+    if df_images is not None and (not realistic or len(df_images) < n_cases):
+        raise ValueError("df_images needs realistic=True and one image per case "
+                         f"(got {len(df_images)} for {n_cases} cases)")
     rows = []
     for k in range(int(n_cases)):
         p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
@@ -162,7 +170,8 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
             par = pair.random_pair_parameters(seed + k, max_rotation_rad=np.pi)
             par["contrast"] = "dark_field_inverted"
             fixed, moving, truth = pair.simulate_realistic_pair(
-                p, **{k_: v for k_, v in par.items() if k_ != "contrast"}, rng=k)
+                p, **{k_: v for k_, v in par.items() if k_ != "contrast"}, rng=k,
+                df_image=None if df_images is None else df_images[k])
         else:
             par = pair.random_pair_parameters(seed + k)
             fixed, moving, truth = pair.simulate_pair(p, **par, rng=k)

@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from . import _validate
 
-__all__ = ["apply_affine", "largest_component", "rotate_strain", "rotation_yx"]
+__all__ = ["apply_affine", "largest_component", "random_affine", "rotate_strain", "rotation_yx"]
 
 
 def apply_affine(matrix: ArrayLike, points: ArrayLike) -> np.ndarray:
@@ -114,3 +114,54 @@ def largest_component(mask: ArrayLike) -> np.ndarray:
         return m.copy()
     sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
     return lab == (1 + int(np.argmax(sizes)))
+
+
+def random_affine(mask: ArrayLike, sd_px: float, rng: np.random.Generator) -> np.ndarray:
+    """A random small affine map whose RMS displacement over `mask` is about `sd_px`.
+
+    A model of registration error: translation ~ N(0, sd/2) per axis and
+    linear-part entries ~ N(0, sd / (2 R)) about the mask's centroid, R the
+    RMS radius of the mask. Translation and the linear part then contribute
+    sd²/2 each to the expected mean squared displacement of the mask's pixels,
+    sd² in all.
+
+    Parameters
+    ----------
+    mask : array_like of bool, shape (ny, nx)
+        Pixels whose displacement sets the scale (at least one True).
+    sd_px : float
+        RMS displacement, pixels (>= 0).
+    rng : numpy.random.Generator
+        Source of the random draws.
+
+    Returns
+    -------
+    numpy.ndarray, shape (3, 3)
+        Homogeneous affine acting on ``(y, x, 1)`` column vectors.
+
+    Examples
+    --------
+    >>> m = np.zeros((64, 64), bool); m[16:48, 16:48] = True
+    >>> gen = np.random.default_rng(0)
+    >>> pts = np.argwhere(m).astype(float)
+    >>> d = [np.sqrt(np.mean(np.sum((apply_affine(random_affine(m, 0.5, gen), pts) - pts) ** 2, 1)))
+    ...      for _ in range(400)]
+    >>> round(float(np.sqrt(np.mean(np.square(d)))), 1)
+    0.5
+    """
+    m = _validate.array(mask, name="mask", ndim=2).astype(bool)
+    if not m.any():
+        raise ValueError("mask must contain at least one True pixel")
+    if not np.isfinite(sd_px) or sd_px < 0:
+        raise ValueError(f"sd_px must be a finite number >= 0, got {sd_px!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    rows, cols = np.nonzero(m)
+    c = np.array([rows.mean(), cols.mean()])
+    radius = float(np.sqrt(np.mean((rows - c[0]) ** 2 + (cols - c[1]) ** 2)))
+    t = rng.normal(0.0, sd_px / 2.0, 2)
+    lin = rng.normal(0.0, sd_px / (2.0 * max(radius, 1.0)), (2, 2))
+    out = np.eye(3)
+    out[:2, :2] += lin
+    out[:2, 2] = t - lin @ c
+    return out

@@ -16,6 +16,14 @@ chunk size.
 
 zarr stores need the optional ``zarr`` package; HDF5 needs ``h5py``.
 
+Microscope files: :func:`read_datacube` opens Merlin ``.mib``, DigitalMicrograph ``.dm3``/``.dm4``,
+``.mrc`` and Velox ``.emd`` 4D-STEM files through rosettasciio (the optional ``vendor`` extra,
+imported only there) as a dask-backed ``("y", "x", "ky", "kx")`` DataArray with the scan step (nm)
+and detector pixel (mrad or 1/Å) that the file carries, or that the caller gives;
+:func:`open_datacube` returns the same data as a plain dask array. Energy stacks
+(:func:`read_stack`) come from CXI ptychography files, NeXus NXstxm files, plain HDF5, NetCDF and
+``.npz``.
+
 Files that cannot be read: every reader raises :class:`MissingFileError` (a
 ``FileNotFoundError`` that is also a ``ValueError``, as bad input is in this
 package) for a missing file and :class:`FileFormatError` (a ``ValueError``) for one that is
@@ -43,6 +51,9 @@ __all__ = [
     "FileFormatError",
     "MissingFileError",
     "open_datacube",
+    "read_datacube",
+    "is_velox_emd",
+    "write_mib",
     "save_datacube",
     "load_datacube",
     "read_stack",
@@ -364,14 +375,18 @@ def _row_chunks(shape: tuple, itemsize: int, rows: int | None) -> tuple:
     return (min(max(int(rows), 1), ny), nx, dky, dkx)
 
 
-def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: int | None = None):
+def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: int | None = None,
+                  scan_shape: tuple[int, int] | None = None):
     """Open a 4D-STEM datacube lazily as a dask array chunked along the scan.
 
     Parameters
     ----------
     path : str or pathlib.Path
         A py4DSTEM/EMD or plain HDF5 file (``.h5``, ``.hdf5``, ``.emd``,
-        ``.hdf``) or a zarr store (a ``.zarr`` directory; needs ``zarr``).
+        ``.hdf``) or a zarr store (a ``.zarr`` directory; needs ``zarr``); or a
+        microscope file (``.mib``, ``.dm3``, ``.dm4``, ``.mrc``, Velox
+        ``.emd``; needs the ``vendor`` extra), read by :func:`read_datacube`,
+        which also gives the calibrations.
     dataset : str, optional
         Path of the 4-D dataset inside an HDF5 file (e.g. ``"/datacube"``) or
         the array inside a zarr group. Default: the only 4-D dataset, or the
@@ -379,6 +394,8 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
     chunk_rows : int, optional
         Scan rows per chunk; default: as many as fit in
         ``CHUNK_TARGET_MIB`` (32 MiB).
+    scan_shape : (int, int), optional
+        Microscope files only: ``(ny, nx)`` when the file does not say it.
 
     Returns
     -------
@@ -415,6 +432,8 @@ def open_datacube(path: str | Path, *, dataset: str | None = None, chunk_rows: i
     if chunk_rows is not None:
         _row_chunks((1, 1, 1, 1), 1, chunk_rows)  # argument check before touching the file
     p = Path(path)
+    if p.suffix.lower() in (".mib", ".dm3", ".dm4", ".mrc") or (p.suffix.lower() == ".emd" and is_velox_emd(p)):
+        return read_datacube(p, scan_shape=scan_shape, chunk_rows=chunk_rows).data
     expected = "a 4D-STEM datacube (ny, nx, ky, kx) in an HDF5 file or a zarr store"
     if not p.exists():
         raise MissingFileError(f"path {str(p)!r} does not exist (expected {expected})")
@@ -604,6 +623,367 @@ def load_datacube(path: str | Path) -> np.ndarray:
     raise ValueError(f"path must end in .npy, {', '.join(_HDF5_SUFFIXES)}, got {path.name!r}")
 
 
+# --- microscope (vendor) 4D-STEM files through rosettasciio -------------------------------------
+
+_VENDOR_SUFFIXES = {".mib": "quantumdetector", ".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph",
+                    ".mrc": "mrc", ".emd": "emd"}
+_VENDOR_NAMES = {"quantumdetector": "a Quantum Detectors Merlin .mib file",
+                 "digitalmicrograph": "a Gatan DigitalMicrograph .dm3/.dm4 file",
+                 "mrc": "an MRC file (frames of a 4D-STEM scan)", "emd": "a Velox .emd file"}
+_LENGTH_NM = {"m": 1e9, "mm": 1e6, "µm": 1e3, "um": 1e3, "nm": 1.0, "Å": 0.1, "A": 0.1, "pm": 1e-3}
+_INVERSE_PER_ANGSTROM = {"1/m": 1e-10, "1 / m": 1e-10, "1/nm": 0.1, "1 / nm": 0.1, "nm^-1": 0.1,
+                         "1/Å": 1.0, "1 / Å": 1.0, "1/A": 1.0, "1 / angstrom": 1.0, "1/pm": 100.0,
+                         "1 / pm": 100.0}
+_ANGLE_MRAD = {"rad": 1e3, "mrad": 1.0, "µrad": 1e-3, "urad": 1e-3}
+DETECTOR_UNITS = ("mrad", "1/Å", "px")
+
+
+def _rsciio(plugin: str, path: Path):
+    """The rosettasciio reader module of `plugin`; ImportError naming the extra when it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"rsciio.{plugin}")
+    except ImportError as err:
+        raise ImportError(f"reading {str(path)!r} ({_VENDOR_NAMES[plugin]}) needs rosettasciio, the optional "
+                          "'vendor' extra: pip install \"chemomech[vendor]\"") from err
+
+
+def is_velox_emd(path: str | os.PathLike) -> bool:
+    """True if `path` is an HDF5 file written by Thermo Fisher Velox (a ``Version`` entry of format Velox).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "cube.emd"
+    >>> _ = save_datacube(np.zeros((2, 2, 16, 16), np.uint16), p)
+    >>> is_velox_emd(p)
+    False
+    """
+    import json
+
+    import h5py
+
+    p = Path(path)
+    try:
+        if not p.is_file() or not _hdf5_signature(p, p.stat().st_size):
+            return False
+        with h5py.File(p, "r") as f:
+            if "Version" not in f or "Data" not in f:
+                return False
+            raw = f["Version"][0]
+            raw = raw if isinstance(raw, (bytes, str)) else bytes(raw)
+            return json.loads(raw)["format"] in ("Velox", "DevelopersKit")
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
+def _scan_coord(n: int, step_nm: float | None, name: str, what: str) -> tuple:
+    if step_nm is None:
+        return (name, np.arange(n, dtype=float), {"units": "px", "long_name": f"{what} (scan pixels)"})
+    return (name, np.arange(n) * float(step_nm), {"units": "nm", "long_name": what})
+
+
+def _detector_coord(n: int, step: float | None, units: str, name: str, what: str) -> tuple:
+    if step is None or units == "px":
+        return (name, np.arange(n, dtype=float) - n // 2, {"units": "px", "long_name": f"{what} (pixels)"})
+    return (name, (np.arange(n) - n // 2) * float(step), {"units": units, "long_name": what})
+
+
+def _file_calibration(axes: list) -> dict:
+    """Scan step (nm) and detector pixel (mrad or 1/Å) from rosettasciio axes, where the file has them."""
+    nav = [a for a in axes if a.get("navigate")]
+    sig = [a for a in axes if not a.get("navigate")]
+    out = {}
+    units = {str(a.get("units") or "").strip() for a in nav}
+    scales = [float(a.get("scale", 1.0)) for a in nav]
+    if len(nav) == 2 and len(units) == 1 and (u := units.pop()) in _LENGTH_NM:
+        out["scan_step_nm"] = (scales[0] * _LENGTH_NM[u], scales[1] * _LENGTH_NM[u])
+    units = {str(a.get("units") or "").strip() for a in sig}
+    scales = [float(a.get("scale", 1.0)) for a in sig]
+    if len(sig) == 2 and len(units) == 1:
+        u = units.pop()
+        if u in _ANGLE_MRAD:
+            out["detector_step"], out["detector_units"] = tuple(s * _ANGLE_MRAD[u] for s in scales), "mrad"
+        elif u in _INVERSE_PER_ANGSTROM:
+            out["detector_step"] = tuple(s * _INVERSE_PER_ANGSTROM[u] for s in scales)
+            out["detector_units"] = "1/Å"
+    return out
+
+
+def _read_vendor(p: Path, plugin: str, scan_shape, chunk_rows: int | None) -> tuple:
+    """(dask array (ny, nx, ky, kx) of the file's patterns, its rosettasciio axes).
+
+    Memory-mapped formats (MIB, MRC) are mapped in chunks of whole scan rows and whole patterns from
+    the start: rosettasciio's automatic chunks cut the patterns into tiles, and every task reading a
+    tile of many frames would touch (and keep mapped) the pages of all of them.
+    """
+    mod = _rsciio(plugin, p)
+    expected = _VENDOR_NAMES[plugin] + " holding a 4D-STEM scan"
+    nav = None if scan_shape is None else (int(scan_shape[1]), int(scan_shape[0]))  # rosettasciio: (nx, ny)
+    with _reading(p, expected):
+        if plugin == "quantumdetector":
+            with open(p, "rb") as f:
+                head = f.read(3)
+            if head != b"MQ1":
+                raise FileFormatError(f"file {str(p)!r} is not a Merlin .mib file: it starts with {head!r}, not "
+                                      "'MQ1'")
+            d = _row_mapped(mod.file_reader, p, chunk_rows, navigation_shape=nav)
+            want = d["original_metadata"].get("hdr_file", {}).get("Frames in Acquisition (Number)", "0")
+            have = int(np.prod(d["data"].shape[:-2]))
+            if nav is None and int(want or 0) > have:
+                raise FileFormatError(f"file {str(p)!r} is truncated: it holds {have} complete scan rows' frames "
+                                      f"of the {want} its .hdr announces (an interrupted acquisition?); pass "
+                                      "scan_shape=(rows, nx) to read the complete rows")
+        elif plugin == "mrc":
+            d = _row_mapped(mod.file_reader, p, chunk_rows, navigation_shape=nav)
+        elif plugin == "emd":
+            found = [x for x in mod.file_reader(str(p), lazy=True, select_type="images")
+                     if x["data"].ndim >= 3]
+            if not found:
+                raise FileFormatError(f"{str(p)!r} holds no stack of detector frames; expected {expected}")
+            d = max(found, key=lambda x: x["data"].size)
+            if nav is None:
+                size = d["original_metadata"].get("Scan", {}).get("ScanSize", {})
+                ny, nx = int(size.get("height", 0) or 0), int(size.get("width", 0) or 0)
+            else:
+                nx, ny = nav
+            if d["data"].ndim == 3:
+                if ny * nx != d["data"].shape[0]:
+                    raise FileFormatError(f"{str(p)!r}: {d['data'].shape[0]} frames do not fill a scan of "
+                                          f"{ny} x {nx} (Scan/ScanSize or scan_shape); pass scan_shape=(ny, nx)")
+                d = {**d, "data": d["data"].reshape((ny, nx) + d["data"].shape[1:]),
+                     "axes": [{"navigate": True, "units": ""}] * 2 + [a for a in d["axes"] if not a["navigate"]]}
+        else:  # DigitalMicrograph: detector x, y first in DM's dimension order, then the scan
+            d = _row_mapped(mod.file_reader, p, chunk_rows)
+            if scan_shape is not None and d["data"].ndim == 3 and d["data"].shape[0] == scan_shape[0] * scan_shape[1]:
+                d = {**d, "data": d["data"].reshape(scan_shape + d["data"].shape[1:])}
+    data = d["data"]
+    if data.ndim != 4:
+        raise FileFormatError(f"{str(p)!r} holds data of shape {tuple(data.shape)}, not a 4D-STEM scan "
+                              "(ny, nx, ky, kx); pass scan_shape=(ny, nx) when the file does not say it")
+    if scan_shape is not None and tuple(data.shape[:2]) != tuple(scan_shape):
+        raise FileFormatError(f"{str(p)!r}: {data.shape[0] * data.shape[1]} frames read as a "
+                              f"{data.shape[:2]} scan, not the scan_shape {tuple(scan_shape)} asked for "
+                              "(an interrupted acquisition keeps only its complete rows)")
+    return data, d.get("axes", [])
+
+
+def _row_mapped(reader, p: Path, chunk_rows: int | None, **kw) -> dict:
+    """The lazy rosettasciio dictionary of a memory-mapped file, chunked by whole scan rows when it is 4-D.
+
+    The largest data set of the file (a DigitalMicrograph file may also hold a thumbnail).
+    """
+    import logging
+
+    log = logging.getLogger("rsciio")
+    level = log.level
+    log.setLevel(logging.ERROR)  # the missing-.hdr warning: we ask for scan_shape ourselves
+    try:
+        d = max(reader(str(p), lazy=True, **kw), key=lambda x: x["data"].size)
+        if d["data"].ndim == 4:
+            rows = _row_chunks(d["data"].shape, d["data"].dtype.itemsize, chunk_rows)[0]
+            d = max(reader(str(p), lazy=True, chunks=(rows, -1, -1, -1), **kw), key=lambda x: x["data"].size)
+    finally:
+        log.setLevel(level)
+    return d
+
+
+def read_datacube(path: str | os.PathLike, *, scan_shape: tuple[int, int] | None = None,
+                  chunk_rows: int | None = None, scan_step_nm: float | None = None,
+                  detector_step: float | None = None, detector_units: str = "mrad") -> xr.DataArray:
+    """Open a 4D-STEM file lazily as a DataArray ``("y", "x", "ky", "kx")`` with its calibrations.
+
+    Microscope files go through rosettasciio (the optional ``vendor`` extra,
+    ``pip install "chemomech[vendor]"``, imported only here): Quantum
+    Detectors Merlin ``.mib`` (with its ``.hdr`` when present), Gatan
+    DigitalMicrograph ``.dm3``/``.dm4``, ``.mrc`` (frames of the scan in
+    order) and Thermo Fisher Velox ``.emd`` (a stack of detector frames; the
+    scan shape from the file's ``Scan/ScanSize``). The package's own layouts
+    (py4DSTEM or plain HDF5, ``.zarr``) are read by :func:`open_datacube` and
+    need no extra. Nothing is read until a chunk is computed, so
+    :func:`chemomech.strain.measure_strain` maps strain from it with memory
+    bounded by the chunk size.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file (suffix ``.mib``, ``.dm3``, ``.dm4``, ``.mrc``, ``.emd``,
+        ``.h5``, ``.hdf5``, ``.hdf`` or ``.zarr``).
+    scan_shape : (int, int), optional
+        ``(ny, nx)`` scan rows and columns; needed when the file does not say
+        it (an ``.mrc``; a ``.mib`` without its ``.hdr``).
+    chunk_rows : int, optional
+        Scan rows per chunk; default: as many as fit in ``CHUNK_TARGET_MIB``.
+    scan_step_nm : float, optional
+        Scan step (nm) when the file has none, or to override it.
+    detector_step : float, optional
+        Detector pixel in `detector_units` when the file has none, or to override it.
+    detector_units : {"mrad", "1/Å", "px"}
+        Units of `detector_step`.
+
+    Returns
+    -------
+    xarray.DataArray
+        dask-backed, the file's dtype, chunks of whole scan rows and whole
+        patterns. Coordinates ``y``, ``x`` in nm (or scan pixels),
+        ``ky``, ``kx`` centred on the detector, in mrad or 1/Å (or pixels).
+        ``attrs``: ``source`` (file name), ``path``, ``format``,
+        ``scan_step_nm`` and ``detector_step`` (NaN when unknown),
+        ``detector_units``, and ``calibration`` (``"file"``, ``"argument"``
+        or ``"none"`` for each of the scan and the detector).
+
+    Raises
+    ------
+    MissingFileError, FileFormatError
+        A missing file; an empty, truncated, wrong-format one, or one that
+        holds no 4D-STEM scan (with the file's name).
+    ImportError
+        A microscope file without rosettasciio installed (names the extra).
+    ValueError, TypeError
+        Bad `scan_shape`, `chunk_rows`, steps or `detector_units`.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     p = os.path.join(folder, "cube.h5")
+    ...     _ = save_datacube(np.ones((4, 3, 16, 16), np.uint16), p)
+    ...     cube = read_datacube(p, scan_step_nm=2.0, detector_step=0.5)
+    ...     print(cube.dims, cube.x.values.tolist(), cube.kx.attrs["units"], type(cube.data).__name__)
+    ('y', 'x', 'ky', 'kx') [0.0, 2.0, 4.0] mrad Array
+    """
+    import dask.array as da
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or pathlib.Path, got {type(path).__name__}")
+    if scan_shape is not None:
+        if (not isinstance(scan_shape, (tuple, list)) or len(scan_shape) != 2
+                or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in scan_shape)):
+            raise ValueError(f"scan_shape must be two positive integers (ny, nx), got {scan_shape!r}")
+        scan_shape = (int(scan_shape[0]), int(scan_shape[1]))
+    if chunk_rows is not None:
+        _row_chunks((1, 1, 1, 1), 1, chunk_rows)
+    for name, v in (("scan_step_nm", scan_step_nm), ("detector_step", detector_step)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                              or not np.isfinite(v) or v <= 0):
+            raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+    detector_units = _validate.choice(detector_units, DETECTOR_UNITS, name="detector_units")
+    p = Path(path)
+    suffix = p.suffix.lower()
+    plugin = _VENDOR_SUFFIXES.get(suffix)
+    if plugin is None and suffix not in _HDF5_SUFFIXES + (".zarr",) and not p.is_dir():
+        raise ValueError(f"path must end in {', '.join(sorted(set(_VENDOR_SUFFIXES) | set(_HDF5_SUFFIXES)))} "
+                         f"or .zarr, got {p.name!r}")
+    if plugin == "emd" and not is_velox_emd(p):
+        plugin = None  # a Berkeley EMD (py4DSTEM) file: the package's own reader
+    if plugin is None:
+        cube = open_datacube(p, chunk_rows=chunk_rows)
+        axes, fmt = [], "hdf5" if p.is_file() else "zarr"
+        if scan_shape is not None and tuple(cube.shape[:2]) != scan_shape:
+            raise FileFormatError(f"{str(p)!r} holds a {cube.shape[:2]} scan, not the scan_shape {scan_shape}")
+    else:
+        if not p.exists():
+            raise MissingFileError(f"file {str(p)!r} does not exist (expected {_VENDOR_NAMES[plugin]})")
+        _check_file(p, expected=_VENDOR_NAMES[plugin], signature="hdf5" if plugin == "emd" else None)
+        cube, axes = _read_vendor(p, plugin, scan_shape, chunk_rows)
+        fmt = {"quantumdetector": "mib", "digitalmicrograph": suffix[1:], "mrc": "mrc", "emd": "velox-emd"}[plugin]
+        if cube.dtype.kind not in "iuf":
+            raise FileFormatError(f"{str(p)!r} holds {cube.dtype} data; expected a real-valued datacube")
+        chunks = _row_chunks(cube.shape, cube.dtype.itemsize, chunk_rows)
+        cube = cube.rechunk(chunks)  # (Merlin's big-endian counts are kept: a native copy would cost memory)
+    ny, nx, dky, dkx = cube.shape
+    cal = _file_calibration(axes)
+    scan_from = "file" if "scan_step_nm" in cal else "none"
+    det_from = "file" if "detector_step" in cal else "none"
+    if scan_step_nm is not None:
+        cal["scan_step_nm"], scan_from = (float(scan_step_nm),) * 2, "argument"
+    if detector_step is not None:
+        cal["detector_step"], cal["detector_units"], det_from = (float(detector_step),) * 2, detector_units, \
+            "argument"
+    step = cal.get("scan_step_nm", (None, None))
+    dstep, dunits = cal.get("detector_step", (None, None)), cal.get("detector_units", "px")
+    coords = {"y": _scan_coord(ny, step[0], "y", "y (scan rows)"),
+              "x": _scan_coord(nx, step[1], "x", "x (scan columns)"),
+              "ky": _detector_coord(dky, dstep[0], dunits, "ky", "detector rows"),
+              "kx": _detector_coord(dkx, dstep[1], dunits, "kx", "detector columns")}
+    if not isinstance(cube, da.Array):  # pragma: no cover - every path above is lazy
+        cube = da.from_array(cube, chunks=_row_chunks(cube.shape, cube.dtype.itemsize, chunk_rows))
+    return xr.DataArray(cube, dims=("y", "x", "ky", "kx"), coords=coords, name="datacube", attrs={
+        "units": "counts", "long_name": "4D-STEM datacube", "source": p.name, "path": str(p), "format": fmt,
+        "scan_step_nm": float(step[0]) if step[0] is not None else np.nan,
+        "detector_step": float(dstep[0]) if dstep[0] is not None else np.nan, "detector_units": dunits,
+        "calibration": f"scan: {scan_from}; detector: {det_from}"})
+
+
+def write_mib(datacube, path: str | os.PathLike, *, exposure_s: float = 1e-3, hdr: bool = True) -> Path:
+    """Write a ``(ny, nx, ky, kx)`` datacube as a Quantum Detectors Merlin ``.mib`` file (and its ``.hdr``).
+
+    A minimal writer for test and teaching files, from the published layout of
+    the format: one frame per scan position, each a 384-byte text header
+    (``MQ1``, frame number, header size, chips, width, height, ``U16``, ...,
+    time stamp, exposure in ns) followed by the frame as big-endian
+    ``uint16``, detector rows stored bottom-up (as a single-chip Merlin
+    writes them, and as :func:`read_datacube` turns them back). The ``.hdr``
+    file gives the frames per line (the scan width), so the scan shape
+    comes back. Values are rounded and clipped to 0..65535. numpy or dask
+    input; written a chunk of scan rows at a time (bounded memory), atomically.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.mib`` path written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = write_mib(np.ones((2, 3, 16, 16)), pathlib.Path(tempfile.mkdtemp()) / "scan.mib")
+    >>> p.stat().st_size == 6 * (384 + 2 * 16 * 16), p.with_suffix(".hdr").exists()
+    (True, True)
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".mib":
+        raise ValueError(f"path must end in .mib, got {path.name!r}")
+    shape = tuple(getattr(datacube, "shape", np.shape(datacube)))
+    if len(shape) != 4:
+        raise ValueError(f"datacube must be 4-D (ny, nx, ky, kx), got shape {shape}")
+    if not np.isfinite(exposure_s) or exposure_s <= 0:
+        raise ValueError(f"exposure_s must be a positive number of seconds, got {exposure_s!r}")
+    ny, nx, dky, dkx = shape
+    frame = np.dtype([("header", "S384"), ("data", ">u2", (dky, dkx))])
+    ns = int(round(exposure_s * 1e9))
+
+    def header(i: int) -> bytes:
+        stamp = f"2026-01-01T00:00:{(i * exposure_s) % 60:012.9f}Z"
+        fields = ["MQ1", f"{i + 1:06d}", "00384", "01", f"{dkx:04d}", f"{dky:04d}", "U16", "   1x1", "01",
+                  "2026-01-01 00:00:00.000000", f"{exposure_s:.6f}", "0", "0", "0"] + ["0.000000E+0"] * 8 + [
+                  "3RX"] + ["000"] * 27 + ["MQ1A", stamp, f"{ns}ns", "12", ""]
+        return ",".join(fields).encode()
+
+    rows = max(1, int(CHUNK_TARGET_MIB * 2**20 // max(nx * frame.itemsize, 1)))
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            for r in range(0, ny, rows):
+                block = datacube[r:r + rows]
+                block = np.asarray(block.compute() if hasattr(block, "compute") else block, dtype=float)
+                out = np.zeros(block.shape[0] * nx, frame)
+                first = r * nx
+                out["header"] = [header(first + i) for i in range(len(out))]
+                out["data"] = np.clip(np.rint(block), 0, 65535).reshape(-1, dky, dkx)[:, ::-1]
+                out.tofile(f)
+
+    _atomic_write(path, write)
+    if hdr:
+        text = ("HDR,\t\nTime and Date Stamp (day, mnth, yr, hr, min, s):\t01/01/2026 00:00:00\n"
+                "Chip Type (Medipix 3.0, Medipix 3.1, Medipix 3RX):\tMedipix 3RX\nAssembly Size (NX1, 2X2):\t   1x1\n"
+                "Counter Depth (number):\t12\nAcquisition Type (Normal, Th_scan, Config):\tNormal\n"
+                f"Frames in Acquisition (Number):\t{ny * nx}\nFrames per Trigger (Number):\t{nx}\n"
+                "Trigger Start (Positive, Negative, Internal):\tRising Edge\nEnd\t")
+        _atomic_write(path.with_suffix(".hdr"), lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
 # --- NetCDF: results, strain maps, correlated stacks ------------------------------------------
 
 
@@ -754,7 +1134,7 @@ _CXI_LAYOUT = ("a CXI ptychography file: entry_N/image_1/data (2-D object, or 3-
 
 
 def read_stack(path) -> xr.DataArray:
-    """Read an energy stack from a CXI (HDF5) ptychography file or a NetCDF file.
+    """Read an energy stack from a CXI ptychography file, a NeXus NXstxm file, plain HDF5, NetCDF or .npz.
 
     Parameters
     ----------
@@ -764,9 +1144,18 @@ def read_stack(path) -> xr.DataArray:
         ``entry_N/instrument_1/source_1/energy`` (joules, as the CXI format
         specifies), optional pixel size ``entry_N/image_1/x_pixel_size`` and
         ``y_pixel_size`` (m); or a single entry with a 3-D ``data`` and one energy
-        per frame. ``.nc``: a DataArray (or a Dataset with a ``stack`` variable) on
-        ``("energy", "y", "x")``. ``.npz``: a plain stack, arrays ``stack``
-        ``(energy, y, x)`` and ``energy`` (eV, increasing); coordinates are pixel indices.
+        per frame. ``.nxs``/``.h5``/``.hdf5``: a NeXus file whose ``NXentry``
+        has ``definition = "NXstxm"`` — an ``NXdata`` group with a 3-D
+        ``data`` (energy, sample_y, sample_x; transmitted counts of a
+        "sample image stack"), ``energy`` (eV unless its ``units`` say keV or
+        J), ``sample_y``/``sample_x`` (µm unless their ``units`` say
+        otherwise). Plain HDF5: one 3-D numeric dataset (``stack`` or ``data``
+        when there are several) with one frame per energy and a 1-D dataset
+        ``energy`` (eV, or as its ``units`` attribute says) of matching length;
+        coordinates in pixels. ``.nc``: a DataArray (or a Dataset with a
+        ``stack`` variable) on ``("energy", "y", "x")``. ``.npz``: a plain
+        stack, arrays ``stack`` ``(energy, y, x)`` and ``energy`` (eV,
+        increasing); coordinates are pixel indices.
 
     Returns
     -------
@@ -811,11 +1200,19 @@ def read_stack(path) -> xr.DataArray:
         da = xr.DataArray(data, dims=("energy", "y", "x"), coords={
             "energy": ("energy", e, {"units": "eV", "long_name": "photon energy"})})
         return _validate.energy_stack(da, name=f"stack in {where!r}")
-    if path.suffix not in (".cxi", ".h5", ".hdf5"):
-        raise ValueError(f"path must end in .cxi, .h5, .hdf5, .nc or .npz, got {path.suffix!r}")
+    if path.suffix not in (".cxi", ".h5", ".hdf5", ".nxs", ".hdf"):
+        raise ValueError(f"path must end in .cxi, .h5, .hdf5, .nxs, .hdf, .nc or .npz, got {path.suffix!r}")
     import h5py
 
-    _check_file(path, expected=_CXI_LAYOUT, signature="hdf5")
+    _check_file(path, expected=_CXI_LAYOUT if path.suffix == ".cxi" else _HDF5_STACK, signature="hdf5")
+    if path.suffix != ".cxi":
+        with _reading(path, _HDF5_STACK), h5py.File(path, "r") as f:
+            kind = ("cxi" if any(k.startswith("entry_") and k[6:].isdigit() for k in f)
+                    else "nxstxm" if _nxstxm_entries(f) else "plain")
+        if kind == "nxstxm":
+            return _read_nxstxm(path)
+        if kind == "plain":
+            return _read_plain_stack(path)
     frames, energies, pix = [], [], None
     with _reading(path, _CXI_LAYOUT), h5py.File(path, "r") as f:
         entries = sorted((k for k in f if k.startswith("entry_") and k[6:].isdigit()), key=lambda k: int(k[6:]))
@@ -854,6 +1251,125 @@ def read_stack(path) -> xr.DataArray:
         "x": ("x", xc, {"units": unit, "long_name": "x (image columns)"})},
         attrs={"units": "1", "long_name": "object transmission", "source": path.name})
     return _validate.energy_stack(da.sortby("energy"), name=f"stack in {where!r}")
+
+
+_HDF5_STACK = (f"{_CXI_LAYOUT}; or a NeXus NXstxm file (NXentry with definition NXstxm, an NXdata group with "
+               "3-D data (energy, sample_y, sample_x) and energy in eV); or plain HDF5 with one 3-D dataset "
+               "(one frame per energy) and a 1-D 'energy' dataset (eV)")
+_ENERGY_TO_EV = {"ev": 1.0, "kev": 1e3, "j": _EV_PER_JOULE, "": 1.0}
+_TO_NM = {"m": 1e9, "mm": 1e6, "um": 1e3, "µm": 1e3, "micron": 1e3, "microns": 1e3, "nm": 1.0, "a": 0.1,
+          "å": 0.1, "angstrom": 0.1}
+
+
+def _attr_str(obj, key: str, default: str = "") -> str:
+    v = obj.attrs.get(key, default)
+    if isinstance(v, np.ndarray):
+        v = v.ravel()[0] if v.size else default
+    return (v.decode() if isinstance(v, bytes) else str(v)).strip()
+
+
+def _dataset_str(ds) -> str:
+    v = ds[()]
+    if isinstance(v, np.ndarray):
+        v = v.ravel()[0] if v.size else b""
+    return (v.decode() if isinstance(v, bytes) else str(v)).strip()
+
+
+def _nxstxm_entries(f) -> list:
+    """The NXentry groups of an open HDF5 file whose definition is NXstxm."""
+    import h5py
+
+    out = []
+    for k, g in f.items():
+        if isinstance(g, h5py.Group) and _attr_str(g, "NX_class") == "NXentry" and "definition" in g:
+            if _dataset_str(g["definition"]) == "NXstxm":
+                out.append(g)
+    return out
+
+
+def _energies_ev(ds, where: str) -> np.ndarray:
+    units = _attr_str(ds, "units", "eV")
+    if units.lower() not in _ENERGY_TO_EV:
+        raise FileFormatError(f"{where}: energy units {units!r} not understood; expected eV, keV or J")
+    return np.atleast_1d(np.asarray(ds[()], dtype=float)) * _ENERGY_TO_EV[units.lower()]
+
+
+def _stack_array(data: np.ndarray, e: np.ndarray, yc, xc, unit: str, path: Path, what: str) -> xr.DataArray:
+    da_ = xr.DataArray(data, dims=("energy", "y", "x"), coords={
+        "energy": ("energy", e, {"units": "eV", "long_name": "photon energy"}),
+        "y": ("y", np.asarray(yc, dtype=float), {"units": unit, "long_name": "y (image rows)"}),
+        "x": ("x", np.asarray(xc, dtype=float), {"units": unit, "long_name": "x (image columns)"})},
+        attrs={"units": "counts" if not np.iscomplexobj(data) else "1", "long_name": what, "source": path.name})
+    return _validate.energy_stack(da_.sortby("energy"), name=f"stack in {str(path)!r}")
+
+
+def _read_nxstxm(path: Path) -> xr.DataArray:
+    """The first 3-D NXdata of the first NXstxm entry: (energy, sample_y, sample_x) transmitted counts."""
+    import h5py
+
+    where = str(path)
+    with _reading(path, _HDF5_STACK), h5py.File(path, "r") as f:
+        entry = _nxstxm_entries(f)[0]
+        groups = [g for g in entry.values() if isinstance(g, h5py.Group) and _attr_str(g, "NX_class") == "NXdata"
+                  and "data" in g and g["data"].ndim == 3]
+        default = _attr_str(entry, "default")
+        groups.sort(key=lambda g: g.name.split("/")[-1] != default)
+        if not groups:
+            raise FileFormatError(f"{where}: NXstxm entry {entry.name!r} has no NXdata group with a 3-D 'data' "
+                                  f"(an image stack); expected {_HDF5_STACK}")
+        g = groups[0]
+        for key in ("energy", "sample_y", "sample_x"):
+            if key not in g:
+                raise FileFormatError(f"{where}: {g.name}/{key} is missing; expected {_HDF5_STACK}")
+        axes = [a.decode() if isinstance(a, bytes) else str(a) for a in np.atleast_1d(g.attrs.get(
+            "axes", ["energy", "sample_y", "sample_x"]))]
+        if sorted(axes) != ["energy", "sample_x", "sample_y"]:
+            raise FileFormatError(f"{where}: {g.name} axes {axes} are not energy, sample_y, sample_x; "
+                                  f"expected {_HDF5_STACK}")
+        data = np.transpose(g["data"][()], [axes.index(a) for a in ("energy", "sample_y", "sample_x")])
+        e = _energies_ev(g["energy"], where)
+        pos = {}
+        for key in ("sample_y", "sample_x"):
+            unit = _attr_str(g[key], "units", "um")
+            if unit.lower() not in _TO_NM:
+                raise FileFormatError(f"{where}: {g.name}/{key} units {unit!r} not understood; expected a length")
+            pos[key] = np.asarray(g[key][()], dtype=float).ravel() * _TO_NM[unit.lower()]
+    if data.shape != (e.size, pos["sample_y"].size, pos["sample_x"].size):
+        raise FileFormatError(f"{where}: data of shape {data.shape} does not match {e.size} energies, "
+                              f"{pos['sample_y'].size} sample_y and {pos['sample_x'].size} sample_x positions")
+    return _stack_array(data, e, pos["sample_y"], pos["sample_x"], "nm", path, "transmitted intensity (STXM)")
+
+
+def _read_plain_stack(path: Path) -> xr.DataArray:
+    """One 3-D dataset (energy, y, x) and a 1-D 'energy' dataset of the same length."""
+    import h5py
+
+    where = str(path)
+    with _reading(path, _HDF5_STACK), h5py.File(path, "r") as f:
+        cubes, energies = [], []
+
+        def visit(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                if obj.ndim == 3 and obj.dtype.kind in "iufc":
+                    cubes.append(obj.name)
+                elif obj.ndim == 1 and name.split("/")[-1].lower() in ("energy", "energies"):
+                    energies.append(obj.name)
+
+        f.visititems(visit)
+        if len(cubes) > 1:
+            named = [c for c in cubes if c.split("/")[-1] in ("stack", "data")]
+            cubes = named if len(named) == 1 else cubes
+        if len(cubes) != 1 or len(energies) != 1:
+            raise FileFormatError(f"{where} holds {len(cubes)} 3-D datasets {cubes[:4]} and {len(energies)} "
+                                  f"'energy' datasets; expected {_HDF5_STACK}")
+        data = f[cubes[0]][()]
+        e = _energies_ev(f[energies[0]], where)
+    if data.shape[0] != e.size:
+        raise FileFormatError(f"{where}: {cubes[0]} has shape {data.shape} for {e.size} energies; expected one "
+                              "frame per energy along the first axis")
+    ny, nx = data.shape[1:]
+    return _stack_array(data, e, np.arange(ny), np.arange(nx), "px", path,
+                        "object transmission" if np.iscomplexobj(data) else "transmitted intensity")
 
 
 def write_cxi(stack: xr.DataArray, path) -> Path:

@@ -59,6 +59,7 @@ References
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,7 +69,7 @@ from numpy.polynomial import legendre as _leg
 from numpy.typing import ArrayLike
 from scipy import ndimage, optimize, spatial
 
-from . import _validate, elasticity
+from . import _validate, elasticity, geometry
 from . import strain as strain_module
 
 __all__ = [
@@ -1571,7 +1572,7 @@ LEARN_MEAN_RANGE = (0.2, 0.8)
 
 
 def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 0,
-                 stiffness_uncertainty: float = 0.1):
+                 stiffness_uncertainty: float = 0.1, registration_sd_px: float = 0.0, n_perturb: int = 6):
     """Learn the law from correlated stacks as ``python -m chemomech learn`` does.
 
     Each stack is turned onto a grid aligned with the crystal
@@ -1580,8 +1581,11 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     stacks carry ``X_sigma`` (white noise: a stack read from a file does not
     say how its X was resampled), and intervals from the bootstrap widened by
     the stiffness term (``fit_eigenstrain(..., reference="fepo4",
-    stiffness_uncertainty=...)``). They do not include the registration's
-    uncertainty, which the stacks do not record.
+    stiffness_uncertainty=...)``). The stacks do not record how well their two
+    maps were registered; give that as `registration_sd_px` and the intervals
+    also carry a registration term: the law is refitted `n_perturb` times
+    with each stack's X map moved against its strain maps by a random affine
+    of that RMS displacement (:func:`chemomech.geometry.random_affine`).
 
     Parameters
     ----------
@@ -1592,6 +1596,12 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         Highest degree tried, bootstrap replicates, seed of folds and bootstrap.
     stiffness_uncertainty : float
         Relative uncertainty of each stiffness constant for the intervals (0: none).
+    registration_sd_px : float
+        Expected registration error of the stacks, RMS displacement in pixels of
+        their grids (e.g. the target registration error measured on fiducials);
+        0 (default): no registration term.
+    n_perturb : int
+        Refits for the registration term (>= 2).
 
     Returns
     -------
@@ -1605,6 +1615,9 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
     """
     from . import correlate
 
+    if not np.isfinite(registration_sd_px) or registration_sd_px < 0:
+        raise ValueError(f"registration_sd_px must be a finite number >= 0, got {registration_sd_px!r}")
+    _check_int(n_perturb, name="n_perturb", minimum=2)
     aligned = [correlate.align_to_crystal(s) for s in stacks]
     sig = np.concatenate([s["X_sigma"].values[s["mask"].values] for s in aligned])
     sig = float(np.nanmedian(sig)) if np.isfinite(sig).any() else None
@@ -1612,6 +1625,8 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
                             mask=[s["mask"].values for s in aligned], reference="fepo4", sigma_X=sig,
                             max_degree=max_degree, n_boot=n_boot, stiffness_uncertainty=stiffness_uncertainty,
                             rng=seed)
+    if registration_sd_px:
+        model = _stack_registration_term(model, aligned, registration_sd_px, n_perturb, seed)
     lo, hi = model.interval([LEARN_SLOPE_X])
     slope = model.derivative([LEARN_SLOPE_X])[0]
     mean = model.derivative(np.linspace(*LEARN_MEAN_RANGE, 61)).mean(axis=0)
@@ -1628,3 +1643,31 @@ def learn_stacks(stacks, *, max_degree: int = 3, n_boot: int = 200, seed: int = 
         "crystal_angle_rad": {s.attrs["particle"]: float(s.attrs["image_angle_rad"]) for s in aligned},
     }
     return model, aligned, summary
+
+
+def _stack_registration_term(model: EigenstrainModel, aligned: list, sd_px: float, n_perturb: int,
+                             seed: int) -> EigenstrainModel:
+    """`model` with the spread of refits whose X maps are moved by random affines of RMS `sd_px`.
+
+    Each refit keeps the selected degree (no SIMEX, no bootstrap); the deltas to an
+    unperturbed refit made the same way go to :meth:`EigenstrainModel.add_spread`.
+    """
+    gen = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    strains = [s[["exx", "eyy", "exy"]] for s in aligned]
+    masks = [s["mask"].values for s in aligned]
+
+    def refit(Xs):
+        return fit_eigenstrain(strains, Xs, mask=masks, reference="fepo4", degree=model.degree,
+                               n_boot=0, rng=seed).coef
+
+    def moved(X: xr.DataArray, mask: np.ndarray) -> xr.DataArray:
+        A = geometry.random_affine(mask, sd_px, gen)   # X'(p) = X(A p): the X map misplaced by A
+        values = ndimage.affine_transform(X.values.astype(float), A[:2, :2], offset=A[:2, 2], order=1,
+                                          mode="constant", cval=np.nan)
+        return X.copy(data=values)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)   # pixels moved out of the X map's field
+        base = refit([s["X"] for s in aligned])
+        deltas = [refit([moved(s["X"], m) for s, m in zip(aligned, masks)]) - base for _ in range(n_perturb)]
+    return model.add_spread(np.array(deltas), term=f"registration ±{sd_px:g} px RMS ({n_perturb} refits)")

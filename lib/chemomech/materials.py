@@ -16,6 +16,13 @@ References
        doi:10.1107/S0108768192009467.
 .. [3] A. K. Padhi, K. S. Nanjundaswamy and J. B. Goodenough, J. Electrochem.
        Soc. 144, 1188 (1997), doi:10.1149/1.1837571.
+.. [4] pymatgen test structure ``test_files/FePO4a.cif``
+       (github.com/materialsproject/pymatgen, added in commit 558e2d437,
+       2012-03-10): a P1 export of delithiated olivine FePO4 without a stated
+       source; its cell (9.913, 5.914, 4.860 Å) is 0.9-2.1 % larger than the
+       measured one [3]_, as a DFT (GGA+U) relaxation gives, so it is a
+       *computed* structure, not an experimental refinement. Symmetrised to
+       Pnma here (its 24 atoms obey Pnma to < 3e-5).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ __all__ = [
     "VEGARD_AA",
     "VEGARD_CC",
     "LFP_ATOMS",
+    "FP_ATOMS",
     "PNMA_OPERATIONS",
     "C_FEPO4_GPA",
     "C_LIFEPO4_GPA",
@@ -62,6 +70,20 @@ LFP_ATOMS = (
     ("O", 0.09678, 0.25, 0.74279),
     ("O", 0.45710, 0.25, 0.20602),
     ("O", 0.16558, 0.04646, 0.28478),
+)
+
+#: Asymmetric unit of olivine FePO4 (heterosite; element, x, y, z), fractional, Pnma, same setting
+#: and origin as :data:`LFP_ATOMS`: a computed (DFT-relaxed) structure [4]_, the mean over the eight
+#: Pnma images of each site. No experimental heterosite refinement (Andersson et al., Solid State
+#: Ionics 130, 41 (2000); Rousse et al., Chem. Mater. 15, 4082 (2003)) was available in a verifiable
+#: copy; replace these by one when it is. Against LFP_ATOMS, O2 moves by 0.26 Å along c and O1 by
+#: 0.19 Å along a.
+FP_ATOMS = (
+    ("Fe", 0.27147, 0.25, 0.97244),
+    ("P", 0.09630, 0.25, 0.42112),
+    ("O", 0.11623, 0.25, 0.73226),
+    ("O", 0.44650, 0.25, 0.15245),
+    ("O", 0.17286, 0.04802, 0.27552),
 )
 
 #: General positions of Pnma (No. 62, standard setting): (sign x, sign y, sign z), translation.

@@ -12,13 +12,18 @@ positions in four steps:
    several thresholds, closed, hole-filled and scored for plausibility — real
    images have three or more levels: background, film, textured particle,
    diffraction blobs);
-2. moments-based initialisation: the affine ``A = S_m R S_f^-1`` that maps the
-   centroid and second moments of one mask onto the other, where ``S`` is the
-   square root of a mask's covariance and ``R`` any orthogonal matrix — the
-   moments fix everything except a rotation angle and a mirror;
-3. a search over that residual rotation (``n_angles`` steps) and the mirror,
-   scored by Mattes mutual information (MI); the best few are refined with a
-   coarse similarity registration and the best final MI wins;
+2. initial guesses in two families, each over ``n_angles`` rotations and the
+   mirror: the moments-based affine ``A = S_m R S_f^-1`` that maps the centroid
+   and second moments of one mask onto the other (``S`` the square root of a
+   mask's covariance, ``R`` any orthogonal matrix — the moments fix everything
+   except a rotation angle and a mirror), and the similarity ``s R`` with ``s``
+   the square root of the area ratio (square pixels, little scan distortion:
+   for a nearly elliptical outline, where every ``R`` of the first family fits
+   the moments by trading rotation against shear, this family keeps the shear
+   small);
+3. the guesses are scored by Mattes mutual information (MI); the best few of
+   each family are refined with a coarse registration (affine for moments
+   guesses, similarity for similarity guesses) and the best final MI wins;
 4. multi-resolution refinement, similarity then affine, with SimpleITK's
    Mattes MI metric sampled inside the (dilated) fixed particle mask, on
    *content shared by both modalities*: with automatic masks each image is
@@ -72,6 +77,7 @@ _OPTIONS = ("smooth_px", "mirror", "n_angles", "bins", "sampling", "iterations",
 _LEVEL_PCT = 10.0  # percentile of the particle that sets the clipped content level (see _content)
 _AREA_RATIO = (0.4, 2.5)  # plausible physical-area ratio of the two masks (scale 0.8-1.25 and shear, with margin)
 _MAX_ATTEMPTS = 4  # mask pairs tried before giving up
+_FAMILIES = ("moments", "similarity")  # initial-guess families of the orientation search (see _register_once)
 
 
 class RegistrationError(RuntimeError):
@@ -435,7 +441,9 @@ class Registration:
         ``dice`` (particle masks), ``iterations``, ``stop_condition``,
         ``mirrored`` and ``rotation_deg`` (:meth:`frame_angle_deg`).
     candidates : xarray.Dataset or None
-        The initialisation search: ``angle_rad``, ``mirror`` and MI per candidate.
+        The initialisation search: ``family`` ("moments" or "similarity"),
+        ``angle_rad``, ``mirror`` and MI per candidate; ``attrs["chosen"]`` is the
+        candidate whose refinement won.
     fixed_mask, moving_mask : numpy.ndarray or None
         The particle masks used.
     """
@@ -760,7 +768,7 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     **options
         ``mirror`` ("auto", True or False; default "auto": search both),
         ``n_angles`` (rotation steps of the initial search, default 24),
-        ``n_refine`` (candidates refined, default 4),
+        ``n_refine`` (candidates refined, default 4: the best 2 of each initial-guess family),
         ``bins`` (Mattes histogram bins, default 32),
         ``sampling`` (fraction of the masked fixed pixels sampled by the metric, default 1.0: all),
         ``iterations`` (per level, default 400), ``seed`` (metric sampling seed,
@@ -798,7 +806,8 @@ def register(fixed: ArrayLike | xr.DataArray, moving: ArrayLike | xr.DataArray, 
     Moments initialisation: if the moving mask is an affine image of the
     fixed one, ``p_m = A (p_f - c_f) + c_m`` with ``A Σ_f A^T = Σ_m``, so
     ``A = Σ_m^{1/2} R Σ_f^{-1/2}`` with ``R`` orthogonal; ``det R = -1`` is a
-    mirror. The search scans ``R`` and keeps the maximum Mattes MI [1]_.
+    mirror. The search scans ``R`` (and, for the similarity family ``s R``, the
+    same angles) and keeps the maximum Mattes MI [1]_.
 
     Failure policy: a wrong solution that misplaces the particle shows as a
     low Dice and raises; a run that stops at the iteration cap warns. A
@@ -920,27 +929,34 @@ def _register_once(f_arr, m_arr, fm, mm, f_grid, m_grid, *, transform, mirror, n
         (ndimage.binary_dilation(fm, iterations=_DILATE) & np.isfinite(f_arr)).astype(np.uint8))
     moving_valid = sitk.GetImageFromArray(np.isfinite(m_arr).astype(np.uint8)) if not np.isfinite(m_arr).all() else None
 
-    # 1. moments initialisation + search over the residual rotation and mirror
+    # 1. initial guesses: two families, each scanned over rotation and mirror. "moments": the affine
+    #    S_m R S_f^-1 that matches the second moments of the masks exactly for the right R, but for a
+    #    nearly elliptical particle every R matches them (rotation and shear trade freely); "similarity":
+    #    isotropic scale (the area ratio) times R, the form of a scan with square pixels and little
+    #    distortion, which the outline of an ellipse pins up to 180 deg
     cf, sf = _moments(fm)
     cm, sm = _moments(mm)
     sf_inv = np.linalg.inv(sf)
+    iso = np.sqrt(np.linalg.det(sm) / np.linalg.det(sf))
     mirrors = (False, True) if mirror == "auto" else (bool(mirror),)
     angles = np.arange(n_angles) * 2 * np.pi / n_angles
     cand, h_cand = [], []
     probe = _method(metric_mask, bins=bins, sampling=1.0, seed=seed, iterations=1, shrink=(1,), sigmas=(0,),
                     moving_mask_img=moving_valid)
-    for mir in mirrors:
-        for ang in angles:
-            h = np.eye(3)
-            h[:2, :2] = sm @ _rot_rc(ang, mir) @ sf_inv
-            h[:2, 2] = cm - h[:2, :2] @ cf
-            probe.SetInitialTransform(_sitk_affine(h, cf))
-            cand.append((ang, mir, -probe.MetricEvaluate(f_img, m_img)))
-            h_cand.append(h)
-    cand_mi = np.array([c[2] for c in cand])
+    for fam in _FAMILIES:
+        for mir in mirrors:
+            for ang in angles:
+                h = np.eye(3)
+                h[:2, :2] = sm @ _rot_rc(ang, mir) @ sf_inv if fam == "moments" else iso * _rot_rc(ang, mir)
+                h[:2, 2] = cm - h[:2, :2] @ cf
+                probe.SetInitialTransform(_sitk_affine(h, cf))
+                cand.append((fam, ang, mir, -probe.MetricEvaluate(f_img, m_img)))
+                h_cand.append(h)
+    cand_mi = np.array([c[3] for c in cand])
+    cand_fam = np.array([c[0] for c in cand])
 
-    # 2. refinement stages; a rotation error of the moments guess is not a similarity once
-    #    conjugated by the anisotropic moments, so the first, coarse stage is affine
+    # 2. refinement stages; a rotation error of a moments guess is not a similarity once conjugated
+    #    by the anisotropic moments, so its first, coarse stage is affine; a similarity guess stays one
     def stage(h0, kind, shrink, sigmas, iters):
         r = _method(metric_mask, bins=bins, sampling=sampling, seed=seed, iterations=iters,
                     shrink=shrink, sigmas=sigmas, moving_mask_img=moving_valid)
@@ -963,11 +979,14 @@ def _register_once(f_arr, m_arr, fm, mm, f_grid, m_grid, *, transform, mirror, n
         probe.SetInitialTransform(_sitk_affine(h, cf))
         return -probe.MetricEvaluate(f_img, m_img), h, r
 
-    # 3. multi-resolution similarity, then affine, from each of the best few; keep the best MI
+    # 3. multi-resolution similarity, then affine, from the best few of each family; keep the best MI
+    order = np.argsort(cand_mi)[::-1]
+    per_family = max(1, n_refine // len(_FAMILIES))
     refined = []
-    for i in np.argsort(cand_mi)[::-1][:n_refine]:
-        h, _ = stage(h_cand[i], "affine", (2,), (1.0,), 100)
-        refined.append((*refine(h), i))
+    for fam in _FAMILIES:
+        for i in order[cand_fam[order] == fam][:per_family]:
+            h, _ = stage(h_cand[i], "affine" if fam == "moments" else "similarity", (2,), (1.0,), 100)
+            refined.append((*refine(h), i))
     best_mi, h, r, best_i = max(refined, key=lambda t: t[0])
     # margin over the best *different* solution (> _DISTINCT_PX apart somewhere on the particle)
     pts = np.argwhere(fm).astype(float)
@@ -991,8 +1010,9 @@ def _register_once(f_arr, m_arr, fm, mm, f_grid, m_grid, *, transform, mirror, n
         "rotation_deg": reg.frame_angle_deg(),
     }
     candidates = xr.Dataset(
-        {"angle_rad": ("candidate", np.array([c[0] for c in cand]), {"units": "rad", "long_name": "search angle"}),
-         "mirror": ("candidate", np.array([c[1] for c in cand]), {"units": "1", "long_name": "mirrored"}),
+        {"family": ("candidate", cand_fam, {"long_name": "initial-guess family (moments or similarity)"}),
+         "angle_rad": ("candidate", np.array([c[1] for c in cand]), {"units": "rad", "long_name": "search angle"}),
+         "mirror": ("candidate", np.array([c[2] for c in cand]), {"units": "1", "long_name": "mirrored"}),
          "mattes_mi": ("candidate", cand_mi, {"units": "nats", "long_name": "Mattes MI of the initial guess"})},
         attrs={"chosen": int(best_i)})
     return Registration(matrix=h, fixed_grid=f_grid, moving_grid=m_grid, metrics=metrics, candidates=candidates,

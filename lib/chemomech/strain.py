@@ -129,8 +129,14 @@ class _Source:
 
     numpy input is cut into `chunk` patterns per call; dask input keeps its own scan chunks (one task
     each, run on the active ``dask.distributed`` client if there is one, else the local threaded
-    scheduler), so memory is bounded by the chunk size.
+    scheduler), split further where a chunk holds more than ``TASK_MIB`` of float32 patterns, and
+    each task works through its patterns in batches of at most ``BATCH_MIB`` (the passes make several
+    float32 copies of a batch: padded, transformed, correlated), so memory is bounded whatever the
+    chunks of the input and the detector size.
     """
+
+    TASK_MIB = 32.0  # a dask task gets at most this many MiB of float32 patterns
+    BATCH_MIB = 4.0  # ... and handles at most this many MiB of them at once
 
     def __init__(self, cube: object, chunk: int):
         ny, nx, dky, dkx = cube.shape
@@ -139,6 +145,11 @@ class _Source:
         self.pats = cube.reshape(self.n, dky, dkx)
         if self.lazy:
             self.pats = self.pats.rechunk({1: -1, 2: -1})  # whole patterns in every chunk
+            most = max(1, int(self.TASK_MIB * 2**20 // (4 * dky * dkx)))
+            self.batch = max(1, int(self.BATCH_MIB * 2**20 // (4 * dky * dkx)))
+            if max(self.pats.chunks[0]) > most:
+                rows = [p for c in self.pats.chunks[0] for p in [most] * (c // most) + ([c % most] if c % most else [])]
+                self.pats = self.pats.rechunk({0: tuple(rows)})  # splits only: no two input chunks merged
         if self.lazy:
             self.starts = np.concatenate([[0], np.cumsum(self.pats.chunks[0])[:-1]]).astype(int)
         else:
@@ -155,14 +166,16 @@ class _Source:
             return [func(self.pats[s:s + self.chunk], int(s), ctx) for s in it]
         import dask
 
+        if "chunk" in ctx:
+            ctx = {**ctx, "chunk": max(1, min(int(ctx["chunk"]), self.batch))}
         ctx_d = dask.delayed(ctx, pure=True)
         blocks = self.pats.to_delayed(optimize_graph=False).ravel()  # stable keys across passes
-        tasks = [dask.delayed(func, pure=True)(b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
+        tasks = [dask.delayed(self._task, pure=True)(func, b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
         client = _active_client()
         if client is None:
             if not progress:
                 return list(dask.compute(*tasks, scheduler="threads"))
-            with _TqdmCallback(len(tasks), desc, func.__name__):
+            with _TqdmCallback(len(tasks), desc, self._task.__name__):
                 return list(dask.compute(*tasks, scheduler="threads"))
         futures = client.compute(tasks)
         if progress:
@@ -172,6 +185,19 @@ class _Source:
             for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="chunk"):
                 pass
         return client.gather(futures)
+
+    @staticmethod
+    def _task(func, block, start: int, ctx: dict):
+        """``func(block, start, ctx)`` with a task-own (shallow) copy of ``ctx["locator"]``.
+
+        The locator keeps the state of its last call (``last_fit_snr``), so tasks running at once in
+        threads (the local scheduler, or a distributed worker's threads) must not share one.
+        """
+        if "locator" in ctx:
+            import copy
+
+            ctx = {**ctx, "locator": copy.copy(ctx["locator"])}
+        return func(block, start, ctx)
 
     def take(self, indices: ArrayLike) -> np.ndarray:
         """The patterns with these flat scan indices, float32 (k, ky, kx)."""
@@ -273,6 +299,13 @@ def _find_flaws(sums: list, n: int, shape: tuple[int, int]) -> dict:
     # (counts fluctuate at least like Poisson noise, var ~ mean, in a live pixel; a dead one is constant)
     local = np.abs(m_loc)
     dead = ((var <= 0.002 * local) & (n_good * local > 20)) | (nonfinite > 0.01 * n_good)
+    # and exactly constant between two live (fluctuating) neighbours, left and right or above and below, that
+    # each collected > 20 counts: the median above is blind when most of the neighbourhood is dead (e.g.
+    # every other column), and a pixel at the edge of a bright region has a dark neighbour on one side
+    lit = np.where(var > 0, np.abs(mean), 0.0)
+    p = np.pad(lit, 1)
+    between = np.maximum(np.minimum(p[1:-1, :-2], p[1:-1, 2:]), np.minimum(p[:-2, 1:-1], p[2:, 1:-1]))
+    dead |= (var == 0) & (n_good * between > 20)
     # hot: far brighter on average than the neighbourhood (a disk edge is at most ~2-3x its 5x5 median)
     hot = (mean > 4.0 * np.abs(m_loc) + 10.0 * np.sqrt(v_loc) + 1.0) & ~dead
     # saturated: the data's maximum value is hit many times (a clipping level, not a Poisson extreme)
@@ -345,6 +378,7 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
     near_bad = ctx.get("near_bad")
     search = int(np.ceil(capture))
     pad = half + search + 4  # just enough zero padding for the windows of disks on the detector
+    order = np.argsort(np.concatenate([np.flatnonzero(inner), np.flatnonzero(~inner)]), kind="stable")
     out = []
     for s, sub in _sub_batches(block, ctx["chunk"]):
         m = len(sub)
@@ -353,26 +387,43 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
         g_guess = np.repeat(g_ref0[None], m, axis=0)
         if ctx["method"] != "py4dstem":
             padded = _padded(sub, pad)
-            # circular correlation at the detector size (a fast FFT length), wrapped into the padding
-            cc = np.pad(loc.correlate(sub), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
+            # circular correlation at the detector size (a fast FFT length), read with wrap-around
+            cc = loc.correlate(sub)
         else:
             py4_peaks = _py4dstem.find_disks(sub.astype(float), ctx["kernel"], min_spacing_px=ctx["spacing"],
                                              edge_px=int(half), upsample_factor=ctx["upsample"])
+        fits = None
         for stage, sel in (("inner", inner), ("all", np.ones(len(hk), bool))):
             h_s = hk[sel]
             guess = o_guess[:, None, :] + np.einsum("nab,db->nda", g_guess, h_s)
             if ctx["method"] != "py4dstem":
-                pos, snr, perr, fsnr = loc.locate(padded, np.repeat(np.arange(m), len(h_s)), guess.reshape(-1, 2),
-                                                  pad, limit, search=search, cc=cc, fit_snr=True)
-                pos, snr, perr = pos.reshape(m, -1, 2), snr.reshape(m, -1), perr.reshape(m, -1)
+                # the inner disks' fits of the first stage are kept: their correlation windows are the same
+                new = ~inner if fits is not None else np.ones(len(h_s), bool)
+                g_new = guess[:, new].reshape(-1, 2)
+                idx = np.repeat(np.arange(m), new.sum())
+                p_new, s_new, e_new, f_new = loc.locate(padded, idx, g_new, pad, limit, search=search, cc=cc,
+                                                        fit_snr=True)
+                if near_bad is not None:  # disks whose window holds an excluded pixel: fitted without it
+                    ij = np.clip(np.round(p_new).astype(int), 0, limit - 1)
+                    hit = near_bad[ij[:, 0], ij[:, 1]]
+                    if hit.any():
+                        p_new[hit], e_new[hit], _ = _masked_refit(loc, padded, idx[hit], g_new[hit], pad, limit,
+                                                                  search, cc, ctx["excluded"])
+                out_new = (p_new.reshape(m, -1, 2), s_new.reshape(m, -1), e_new.reshape(m, -1), f_new.reshape(m, -1))
+                if fits is None:
+                    fits = out_new
+                else:
+                    fits = tuple(np.concatenate([a, b], axis=1)[:, order] for a, b in zip(fits, out_new))
+                pos, snr, perr, fsnr = fits
                 found = (snr > ctx["snr_min"]) & np.all((pos > half) & (pos < limit - 1 - half), axis=-1)
                 # and measurable under the fitted model itself (with free contents, faint disks are not)
-                found &= fsnr.reshape(m, -1) > min(ctx["snr_min"], FIT_SNR_MIN)
+                found &= fsnr > min(ctx["snr_min"], FIT_SNR_MIN)
                 found &= np.linalg.norm(pos - guess, axis=-1) < capture
+                found &= np.isfinite(perr)
                 weight = np.where(found, 1.0 / np.maximum(perr, 0.01) ** 2, 0.0)
             else:
                 pos, weight = _match_peaks(py4_peaks, guess, 0.35 * ctx["g_min"] if stage == "inner" else 1.5)
-            if near_bad is not None:  # disks whose fit window holds an excluded detector pixel are not used
+            if near_bad is not None and ctx["method"] == "py4dstem":  # no masked fit: such disks are not used
                 ij = np.clip(np.round(np.nan_to_num(pos)).astype(int), 0, limit - 1)
                 weight = np.where(near_bad[ij[..., 0], ij[..., 1]], 0.0, weight)
             o_fit, g_fit, rms, count = _robust_lattice(pos, h_s, weight, ctx["min_disks"])
@@ -537,6 +588,72 @@ def _near(bad: np.ndarray | None, radius: float) -> np.ndarray | None:
     return ndimage.binary_dilation(bad, structure=np.hypot(yy, xx) <= radius)
 
 
+#: a disk near excluded pixels is refitted without them only if it keeps this much of its position
+#: information on each axis (else it is left out, as is every disk when the data are too broken to tell)
+MIN_KEPT_INFO = 0.5
+
+
+def _masked_refit(loc: _diskfind.Locator, padded: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int,
+                  limit: np.ndarray, search: int, cc: np.ndarray | None, excluded: np.ndarray,
+                  n_iter: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:meth:`_diskfind.Locator.locate` for disks near excluded detector pixels, without those pixels.
+
+    The same coarse step, window, model, tables (the locator's Jacobians at the tabulated trial
+    shifts, ridge levels and support), Gauss-Newton steps and choice of ridge level as the locator,
+    solved as weighted least squares per disk in which an excluded pixel has zero weight: a dead
+    column or a saturated core costs only the information of those pixels, not the whole disk.
+    `excluded` is the unpadded detector mask. Returns positions (m, 2) (unpadded detector
+    coordinates), position errors (m,) (NaN when less than half the support is left) and the
+    fitted coefficients (m, K) (amplitude, background, amplitude times offsets, content terms).
+    """
+    m = len(guess)
+    h, step, n_side = loc.half, loc.step, loc.n_side
+    side = 2 * n_side + 1
+    margin = pad - h - search - 3
+    lo, hi = -margin, limit - 1 + margin
+    c, frac = loc.coarse(padded, idx, np.clip(np.round(guess).astype(int), lo, hi) + pad, int(search), cc,
+                         cc_offset=0 if cc is None or cc.shape[1:] == padded.shape[1:] else pad)
+    c = np.clip(c, lo + pad, hi + pad)
+    win = np.arange(-h, h + 1)
+    rows, cols = c[:, 0, None, None] + win[None, :, None], c[:, 1, None, None] + win[None, None, :]
+    y = padded[idx[:, None, None], rows, cols].reshape(m, -1)[:, loc.support].astype(float)
+    w = (~np.pad(excluded, pad)[rows, cols]).reshape(m, -1)[:, loc.support].astype(float)
+    n_k = loc.jac.shape[2]
+    enough = w.sum(1) >= 0.5 * w.shape[1]
+    w = np.where(enough[:, None], w, 1.0)  # hopeless disks: any solvable system, discarded below
+    dof = np.maximum(w.sum(1) - n_k, 1)
+    eye = np.eye(n_k)
+    decade = np.log10(loc.levels[2] / loc.levels[1]) if len(loc.levels) > 2 else 1.0
+    d = np.clip(frac, -loc.grid[-1], loc.grid[-1])
+    li = np.zeros(m, int)
+    for it in range(n_iter + 1):
+        ij = np.clip(np.round(d / step).astype(int) + n_side, 0, side - 1)
+        jac = loc.jac[ij[:, 0] * side + ij[:, 1]].astype(float)  # (m, P, K)
+        a = np.einsum("mpk,mp,mpl->mkl", jac, w, jac) + loc.pen[li][:, :, None] * eye
+        p = np.linalg.solve(a, np.einsum("mpk,mp->mk", jac, w * y)[..., None])[..., 0]
+        amp = p[:, 0]
+        if it == 0 and loc.prior is not None:  # per-disk ridge level, as in Locator.refine
+            var0 = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
+            lam = var0 / (loc.prior * np.maximum(amp, 1e-12) ** 2)
+            lev = np.log10(np.maximum(lam, 1e-30) / loc.levels[1]) / decade + 1
+            li = np.clip(np.round(lev).astype(int), 0, len(loc.levels) - 1)
+            li = np.where(amp > 0, li, len(loc.levels) - 1)
+        if it == n_iter:
+            break
+        safe = amp > 0
+        d_new = loc.grid[ij] + p[:, 2:4] / np.where(safe, amp, 1.0)[:, None]
+        d = np.where(safe[:, None], np.clip(d_new, -loc.grid[-1], loc.grid[-1]), d)
+    d = loc.grid[ij] + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
+    var = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
+    inv_diag = np.diagonal(np.linalg.inv(a), axis1=1, axis2=2)
+    # position information (the offset columns' normal-matrix entries) the excluded pixels took away, per axis
+    full = np.einsum("mpk,mpk->mk", jac[:, :, 2:4], jac[:, :, 2:4])
+    kept = np.einsum("mpk,mp,mpk->mk", jac[:, :, 2:4], w, jac[:, :, 2:4]) / np.maximum(full, 1e-30)
+    enough &= kept.min(1) >= MIN_KEPT_INFO
+    perr = np.sqrt(var * inv_diag[:, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+    return c - pad + d, np.where(enough & (amp > 0), perr, np.nan), p
+
+
 def _symmetrised(template: np.ndarray) -> np.ndarray:
     """Rotational average of a centred template.
 
@@ -599,9 +716,16 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     pad = half + search + 4
     guess = prep["origin_fit"][idx][:, None, :] + (prep["hk"] @ prep["g_ref0"].T)[None]
     m, d = guess.shape[:2]
+    # coarse positions from one batched FFT correlation, as in the fit pass
+    cc = locator.correlate(pats)
     pos, _, _, snr, det = locator.locate(_padded(pats, pad), np.repeat(np.arange(m), d), guess.reshape(-1, 2),
-                                         pad, limit, search=search, details=True, fit_snr=True)
-    ok = ((snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)).reshape(-1, 2, d)
+                                         pad, limit, search=search, cc=cc, details=True, fit_snr=True)
+    ok = (snr > max(snr_min, 10.0)) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
+    near_bad = _near(prep["bad"], half + 1.0)
+    if near_bad is not None:  # the free fits see filled-in (dead, hot) pixels as data: leave those disks out
+        ij = np.clip(np.round(pos).astype(int), 0, limit - 1)
+        ok &= ~near_bad[ij[:, 0], ij[:, 1]]
+    ok = ok.reshape(-1, 2, d)
     rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
     both = ok[:, 0] & ok[:, 1]  # (pairs, d)
     if both.sum() < 20:
@@ -633,7 +757,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     flaws = _find_flaws(sums, n, (dky, dkx))
     # dead and hot pixels are filled in from their neighbours; saturated ones keep their (clipped) values,
     # which still outline the disk, since filling a saturated disk centre from its saturated neighbours
-    # would dent it; disks near any of them are left out of the fits (near_bad)
+    # would dent it; disks near any of them are fitted without them (_masked_refit)
     fill = flaws["dead"] | flaws["hot"]
     bad = fill if fill.any() else None
     mean = _cleaned(flaws["mean"][None], bad)[0].astype(float)
@@ -805,8 +929,9 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     the mean and variance patterns (and the clipping level); dead and hot ones
     are replaced by their neighbours' mean for the correlations and templates
     (saturated ones keep their clipped values, which still outline the disk),
-    and every disk whose fit window holds any of them is left out of the
-    lattice fits.
+    and every disk whose fit window holds any of them is fitted with those
+    pixels left out (or, if they take more than half of its position
+    information on an axis, left out of the lattice fit).
     :func:`diagnostics` lists what was found (``flaws``); the result's
     attributes count it (``n_lost_patterns``, ``n_excluded_detector_pixels``).
     Dark-subtracted data with small negative counts are fine.
@@ -845,12 +970,13 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     if method == "fast":
         free = _edge_locator(template, radius, prep["g_min"], prior_levels=False)  # free content fits
         slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
-        locator = _edge_locator(template, radius, prep["g_min"], slope_prior, curvature_prior / slope_prior)
+        locator = free.with_prior(slope_prior, radius, curvature_prior / slope_prior)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
            "snr_min": snr_min, "min_disks": min_disks, "bad": prep["bad"],
-           "near_bad": _near(prep["flaws"]["bad"] if prep["flaws"]["bad"].any() else None, half + 1.0)}
+           "near_bad": _near(prep["flaws"]["bad"] if prep["flaws"]["bad"].any() else None, half + 1.0),
+           "excluded": prep["flaws"]["bad"]}
     if method == "py4dstem":
         kernel = np.zeros((dky, dkx))
         kernel[:template.shape[0], :template.shape[1]] = template
@@ -962,8 +1088,9 @@ def diagnostics(datacube: object, *, probe: ArrayLike | None = None, patterns: A
     for i, pat in zip(idx, _cleaned(src.take(idx), prep["bad"]) if idx else []):
         guess = prep["origin_fit"][i] + prep["hk"] @ prep["g_ref0"].T
         img = _padded(pat[None], pad)
+        cc = fitter.correlate(np.asarray(pat[None], dtype=np.float32))
         pos, snr, _ = fitter.locate(img, np.zeros(len(guess), int), guess, pad, limit,
-                                    search=int(np.ceil(prep["capture"])), cc=fitter.correlate(img))
+                                    search=int(np.ceil(prep["capture"])), cc=cc)
         ok = (snr > snr_min) & np.all((pos > half) & (pos < limit - 1 - half), axis=1)
         ok &= np.linalg.norm(pos - guess, axis=1) < prep["capture"]
         disks.append(pos[ok])

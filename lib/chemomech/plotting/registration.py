@@ -73,18 +73,23 @@ def edge_overlay(fixed, fixed_mask, warped_mask, *, ax=None) -> Figure:
 
 
 def search_polar(candidates: xr.Dataset) -> Figure:
-    """Mutual information of the initial guesses against the search angle, mirrored and not."""
+    """Mutual information of the initial guesses against the search angle, mirrored and not.
+
+    With several initial-guess families (``family``), the family of the refined winner is shown.
+    """
     fig, axes = new_figure(1, 1, width=4.4, height=3.0)
     ax = axes[0, 0]
+    best = int(candidates.attrs.get("chosen", np.argmax(candidates["mattes_mi"].values)))
+    fam = candidates["family"].values if "family" in candidates else np.full(candidates.sizes["candidate"], "")
+    keep = fam == fam[best]
     ang = np.degrees(candidates["angle_rad"].values)
     mir = candidates["mirror"].values.astype(bool)
     mi = candidates["mattes_mi"].values
     for flag, style, label in ((False, "o-", "not mirrored"), (True, "s--", "mirrored")):
-        sel = mir == flag
+        sel = (mir == flag) & keep
         if sel.any():
             ax.plot(ang[sel], mi[sel], style, ms=3, label=label)
-    best = int(candidates.attrs.get("chosen", np.argmax(mi)))
-    ax.plot(ang[best], mi[best], "k*", ms=12, label="refined winner")
+    ax.plot(ang[best], mi[best], "k*", ms=12, label="refined winner" + (f" ({fam[best]} guess)" if fam[best] else ""))
     ax.set_xlabel("search angle (deg)")
     ax.set_ylabel("Mattes MI (nats)")
     ax.legend(fontsize=7)

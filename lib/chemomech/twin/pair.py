@@ -507,7 +507,7 @@ def _scene(particle: Particle, bounds: np.ndarray, *, holes: int, film: bool, ne
     xs = np.arange(xlo - 4 * h, xhi + 4 * h, h)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")
     inside = particle.contains(yy, xx)
-    t = particle.thickness(yy, xx)
+    t = t_particle = particle.thickness(yy, xx)
     r_mean = float(np.mean(particle.radius(np.linspace(0, 2 * np.pi, 64))))
     # thickness gradient across the platelet (wedge) and thinner patches / holes
     d = g.uniform(0, 2 * np.pi)
@@ -531,6 +531,11 @@ def _scene(particle: Particle, bounds: np.ndarray, *, holes: int, film: bool, ne
                                                          (xx - float(df_image.x[0])) / dx_],
                                      order=1, mode="constant", cval=0.0)
         df = np.where(inside, df / (np.percentile(df[inside], 95) or 1.0), 0.0)
+        # the given image is of the particle without the scene's holes and thickness gradient; no
+        # material scatters nothing, so rescale it by the annular signal u exp(1 - u) of the scene's
+        # thickness over that of the particle's own (kinematic, per pixel)
+        u, u0 = t / DF_MEAN_FREE_PATH_NM, t_particle / DF_MEAN_FREE_PATH_NM
+        df = df * np.where(u0 > 0, u * np.exp(u0 - u) / np.where(u0 > 0, u0, 1.0), 0.0)
     # part of a neighbouring particle, 15-40 nm beyond the rim
     if neighbour:
         ang = g.uniform(0, 2 * np.pi)
@@ -616,7 +621,12 @@ def simulate_realistic_pair(particle: Particle, *, fixed_pixel_nm: float = 5.0, 
         A virtual dark-field image of the particle on particle-frame ``("y", "x")``
         coordinates in nm (e.g. from a dynamical 4D-STEM simulation on a fine
         grid). When given it replaces the stand-in texture of the particle
-        (film, neighbour, geometry and noise are added as usual).
+        (film, neighbour, geometry and noise are added as usual); it is taken
+        to be of the particle without this scene's holes and thickness
+        gradient, so it is rescaled per point by the annular signal
+        ``u exp(1 - u)`` (``u = t / DF_MEAN_FREE_PATH_NM``) of the scene's
+        thickness over that of the particle's own — a through-hole scatters
+        nothing in either modality.
     rng : numpy.random.Generator or int or None
         Seeds every random draw (texture, holes, film, neighbour, noise).
 

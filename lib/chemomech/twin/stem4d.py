@@ -34,13 +34,14 @@ doi:10.1107/S0108768192009467, as quoted in structure databases, rounded to 5 de
     O3 8d (0.16558, 0.04646, 0.28478)
 
 This uniform-disk renderer uses the same LiFePO4 fractional positions for every
-X, on the locally deformed lattice. That is an approximation: published heterosite
-(FePO4) refinements move some atoms by up to about 0.05 in fractional
-coordinates — O2 z by about 0.05, Fe and O1 z by about 0.03 — so the disk
-intensities of Li-poor regions are only indicative. Disk *positions*, which
+X, on the locally deformed lattice. That is an approximation: in FePO4
+(heterosite) some atoms sit up to about 0.05 away in fractional coordinates — in
+the computed structure the disk-content library uses (``materials.FP_ATOMS``),
+O2 z by 0.054, O1 z by 0.011, Fe z by 0.002 — so the disk intensities of
+Li-poor regions are only indicative. Disk *positions*, which
 carry the strain, depend on the lattice alone and are unaffected. (The
-multislice disk-content library used by the dynamical twin places FePO4 with
-a documented placeholder, see ``data/README.md``.) The reference lattice is
+multislice disk-content library used by the dynamical twin has its own FePO4
+positions, a computed structure, see ``data/README.md``.) The reference lattice is
 FePO4 (the twin's strain is relative to FePO4).
 
 Electron scattering factors are the screened-Coulomb (Wentzel) model in the
