@@ -519,6 +519,7 @@ def _stage_iter(items, desc: str, progress: bool):
         yield item
     current_step.update(stage=None, item=None)
 
+
 def _particles(config: StudyConfig) -> dict:
     """The twin particles P1–P5, their truth computed with ``config.truth_stiffness``."""
     parts = twin.particle_set(mesh_nrefs=config.mesh_nrefs)
