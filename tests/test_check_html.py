@@ -104,6 +104,7 @@ def test_pdf_of_a_typeset_page(site, tmp_path):
     out = tmp_path / "book.pdf"
     assert book_pdf.print_pdf(site / "index.html", out, min_pages=1) == []
     assert book_pdf.pdf_pages(out.read_bytes()) == 1
+    assert out.stat().st_mode & 0o444 == 0o444      # readable by all: the site serves it
 
 
 @pytest.mark.parametrize("page, min_pages, expected", [

@@ -70,6 +70,7 @@ def print_pdf(page: Path, out: Path, *, min_pages: int = MIN_PAGES) -> list[str]
             return [f"{out.name}: {err}"]
         if n < min_pages:
             return [f"{out.name}: only {n} pages (expected at least {min_pages})"]
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the site serves it to everyone
         os.replace(tmp, out)
         print(f"book_pdf: {out} ({n} pages, {out.stat().st_size / 1e6:.1f} MB)")
         return []
