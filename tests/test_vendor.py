@@ -355,14 +355,38 @@ def test_lazy_tasks_are_split_and_batched_without_changing_the_numbers(sim, monk
         np.testing.assert_allclose(lazy[k].values, eager[k].values, rtol=0, atol=1e-9)
 
 
-def test_each_lazy_task_gets_its_own_locator():
-    # the disk locator keeps the state of its last call; tasks running at once in threads must not share it
-    # (shared, a task in the "all disks" stage once read another's "inner disks" fit SNRs: a shape error,
-    # or silently wrong disks when the shapes happen to agree)
-    class Locator:
-        pass
+def test_threads_can_share_a_locator():
+    # the lazy path runs tasks in threads that share one disk locator: a call must keep nothing of its own on
+    # it (a locator that kept its last fit SNRs once let a task of the "all disks" stage read another task's
+    # "inner disks" values: a shape error, or silently wrong disks when the shapes agree)
+    from concurrent.futures import ThreadPoolExecutor
 
-    shared = Locator()
-    seen = []
-    strain._Source._task(lambda block, start, ctx: seen.append(ctx["locator"]), None, 0, {"locator": shared})
-    assert seen[0] is not shared and isinstance(seen[0], Locator)
+    from chemomech import _diskfind
+
+    yy, xx = np.mgrid[-6:7, -6:7]
+    loc = _diskfind.Locator((np.hypot(yy, xx) <= 4).astype(float))
+    gen = np.random.default_rng(5)
+    pad = 12
+    jobs = []
+    for n in (2000, 5000):   # two call sizes, as the inner-disk and all-disk stages have; large enough that
+        # numpy releases the GIL inside a call, so the threads really interleave
+        centres = gen.uniform(14, 26, (n, 2))
+        img = (np.hypot(*(np.mgrid[:40, :40][None] - centres[:, :, None, None]).transpose(1, 0, 2, 3)) <= 4) * 100.0
+        img = gen.poisson(img + 2.0).astype(np.float32)
+        jobs.append((np.pad(img, ((0, 0), (pad, pad), (pad, pad))), np.arange(n), centres.round()))
+
+    def run(k):
+        padded, idx, guess = jobs[k % 2]
+        return k % 2, loc.locate(padded, idx, guess, pad, np.array([40, 40]), search=3, fit_snr=True)
+
+    alone = [run(k)[1] for k in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)   # switch threads as often as possible: shared state shows at once
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(run, range(120)))
+    finally:
+        sys.setswitchinterval(interval)
+    for k, out in results:
+        for a, b in zip(out, alone[k]):
+            np.testing.assert_array_equal(a, b)

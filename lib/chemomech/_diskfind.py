@@ -235,10 +235,11 @@ class Locator:
     # ------------------------------------------------------------ fine step
 
     def refine(self, patches: np.ndarray, start: np.ndarray, n_iter: int = 2, details: bool = False):
-        """Sub-pixel offsets (m, 2), amplitude, amplitude error and position error for patches (m, W, W).
+        """Sub-pixel offsets (m, 2), amplitude, amplitude error, position error and fit SNR for patches (m, W, W).
 
         The amplitude and its error are those of the uniform-disk model on the same support (the detection
-        SNR), whatever the content model; the position and its error come from the full model.
+        SNR), whatever the content model; the position, its error and the fit SNR (amplitude over its error)
+        come from the full model. Nothing of a call is kept on the locator, so threads may share one.
         """
         m = len(patches)
         y_full = patches.reshape(m, -1).astype(np.float32, copy=False)
@@ -282,7 +283,6 @@ class Locator:
         var4 = np.maximum(yy4 - np.einsum("mi,mij,mj->m", p4, self.jtj4[ti], p4), 0.0) / max(y_full.shape[1] - 4, 1)
         fit_snr = amp / np.maximum(np.sqrt(var * self.inv_diag[li, ti, 0]), 1e-12)  # the full model's
         amp, amp_err = p4[:, 0], np.sqrt(var4 * self.amp_var[ti])
-        self.last_fit_snr = fit_snr
         if details:
             # the fitted coefficients and their variances for shot noise: pixel variance proportional to the
             # fitted mean (Poisson, times one gain for all disks, from the residuals), propagated through
@@ -293,8 +293,8 @@ class Locator:
             sig2 = gain * np.maximum(np.abs(mu), 1e-6 * np.abs(mu).max())
             rows = self.pinv[li, ti].astype(float)  # (m, K, P)
             coef_var = np.einsum("mkp,mp->mk", rows**2, sig2)
-            return d, amp, amp_err, pos_err, {"p": p, "var": var, "coef_var": coef_var}
-        return d, amp, amp_err, pos_err
+            return d, amp, amp_err, pos_err, fit_snr, {"p": p, "var": var, "coef_var": coef_var}
+        return d, amp, amp_err, pos_err, fit_snr
 
     def locate(self, img: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray, *,
                search: int, cc: np.ndarray | None = None, details: bool = False, fit_snr: bool = False) -> tuple:
@@ -315,8 +315,8 @@ class Locator:
         c1, frac = self.coarse(img, idx, c0, int(search), cc, cc_offset=off)
         c1 = np.clip(c1, lo + pad, hi + pad)
         out = self.refine(self._windows(img, idx, c1, self.half), frac, details=details)
-        d, amp, amp_err, pos_err = out[:4]
+        d, amp, amp_err, pos_err, full_snr = out[:5]
         snr = amp / np.maximum(amp_err, 1e-12)
         if fit_snr:  # also the amplitude SNR under the full (content) model
-            return (c1 - pad + d, snr, pos_err, self.last_fit_snr) + tuple(out[4:])
-        return (c1 - pad + d, snr, pos_err) + tuple(out[4:])
+            return (c1 - pad + d, snr, pos_err, full_snr) + tuple(out[5:])
+        return (c1 - pad + d, snr, pos_err) + tuple(out[5:])

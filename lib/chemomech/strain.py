@@ -170,12 +170,12 @@ class _Source:
             ctx = {**ctx, "chunk": max(1, min(int(ctx["chunk"]), self.batch))}
         ctx_d = dask.delayed(ctx, pure=True)
         blocks = self.pats.to_delayed(optimize_graph=False).ravel()  # stable keys across passes
-        tasks = [dask.delayed(self._task, pure=True)(func, b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
+        tasks = [dask.delayed(func, pure=True)(b, int(s), ctx_d) for b, s in zip(blocks, self.starts)]
         client = _active_client()
         if client is None:
             if not progress:
                 return list(dask.compute(*tasks, scheduler="threads"))
-            with _TqdmCallback(len(tasks), desc, self._task.__name__):
+            with _TqdmCallback(len(tasks), desc, func.__name__):
                 return list(dask.compute(*tasks, scheduler="threads"))
         futures = client.compute(tasks)
         if progress:
@@ -185,19 +185,6 @@ class _Source:
             for _ in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="chunk"):
                 pass
         return client.gather(futures)
-
-    @staticmethod
-    def _task(func, block, start: int, ctx: dict):
-        """``func(block, start, ctx)`` with a task-own (shallow) copy of ``ctx["locator"]``.
-
-        The locator keeps the state of its last call (``last_fit_snr``), so tasks running at once in
-        threads (the local scheduler, or a distributed worker's threads) must not share one.
-        """
-        if "locator" in ctx:
-            import copy
-
-            ctx = {**ctx, "locator": copy.copy(ctx["locator"])}
-        return func(block, start, ctx)
 
     def take(self, indices: ArrayLike) -> np.ndarray:
         """The patterns with these flat scan indices, float32 (k, ky, kx)."""
