@@ -139,7 +139,7 @@ def _fits(imgs, centres_guess, excluded, locator):
     cc = np.pad(locator.correlate(imgs.astype(np.float32)), ((0, 0), (pad, pad), (pad, pad)), mode="wrap")
     idx, limit = np.arange(n), np.array([h, w])
     pos, _, perr = locator.locate(padded, idx, centres_guess, pad, limit, search=search, cc=cc)
-    pos_m, perr_m, _ = strain._masked_refit(locator, padded, idx, centres_guess, pad, limit, search, cc, excluded)
+    pos_m, perr_m, _ = locator.locate_masked(padded, idx, centres_guess, pad, limit, excluded, search=search, cc=cc)
     return pos, perr, pos_m, perr_m
 
 

@@ -42,6 +42,11 @@ PRIOR_LEVELS = 10.0 ** np.arange(-2.0, 2.01, 1.0)
 _PRIOR_DECADE = 1.0  # log10 spacing of PRIOR_LEVELS
 
 
+#: a disk near excluded pixels is refitted without them only if it keeps this much of its position
+#: information on each axis (else it is left out, as is every disk when the data are too broken to tell)
+MIN_KEPT_INFO = 0.5
+
+
 class Locator:
     """Sub-pixel disk locator for one square template (odd width ``W``).
 
@@ -320,3 +325,63 @@ class Locator:
         if fit_snr:  # also the amplitude SNR under the full (content) model
             return (c1 - pad + d, snr, pos_err, full_snr) + tuple(out[5:])
         return (c1 - pad + d, snr, pos_err) + tuple(out[5:])
+
+    def locate_masked(self, padded: np.ndarray, idx: np.ndarray, guess: np.ndarray, pad: int, limit: np.ndarray,
+                      excluded: np.ndarray, *, search: int, cc: np.ndarray | None = None,
+                      n_iter: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`locate` for disks near excluded detector pixels, without those pixels.
+
+        The same coarse step, window, model, tables (the locator's Jacobians at the tabulated trial
+        shifts, ridge levels and support), Gauss-Newton steps and choice of ridge level as the locator,
+        solved as weighted least squares per disk in which an excluded pixel has zero weight: a dead
+        column or a saturated core costs only the information of those pixels, not the whole disk.
+        `excluded` is the unpadded detector mask. Returns positions (m, 2) (unpadded detector
+        coordinates), position errors (m,) (NaN when less than half the support is left) and the
+        fitted coefficients (m, K) (amplitude, background, amplitude times offsets, content terms).
+        """
+        m = len(guess)
+        h, step, n_side = self.half, self.step, self.n_side
+        side = 2 * n_side + 1
+        margin = pad - h - search - 3
+        lo, hi = -margin, limit - 1 + margin
+        c, frac = self.coarse(padded, idx, np.clip(np.round(guess).astype(int), lo, hi) + pad, int(search), cc,
+                             cc_offset=0 if cc is None or cc.shape[1:] == padded.shape[1:] else pad)
+        c = np.clip(c, lo + pad, hi + pad)
+        win = np.arange(-h, h + 1)
+        rows, cols = c[:, 0, None, None] + win[None, :, None], c[:, 1, None, None] + win[None, None, :]
+        y = padded[idx[:, None, None], rows, cols].reshape(m, -1)[:, self.support].astype(float)
+        w = (~np.pad(excluded, pad)[rows, cols]).reshape(m, -1)[:, self.support].astype(float)
+        n_k = self.jac.shape[2]
+        enough = w.sum(1) >= 0.5 * w.shape[1]
+        w = np.where(enough[:, None], w, 1.0)  # hopeless disks: any solvable system, discarded below
+        dof = np.maximum(w.sum(1) - n_k, 1)
+        eye = np.eye(n_k)
+        decade = np.log10(self.levels[2] / self.levels[1]) if len(self.levels) > 2 else 1.0
+        d = np.clip(frac, -self.grid[-1], self.grid[-1])
+        li = np.zeros(m, int)
+        for it in range(n_iter + 1):
+            ij = np.clip(np.round(d / step).astype(int) + n_side, 0, side - 1)
+            jac = self.jac[ij[:, 0] * side + ij[:, 1]].astype(float)  # (m, P, K)
+            a = np.einsum("mpk,mp,mpl->mkl", jac, w, jac) + self.pen[li][:, :, None] * eye
+            p = np.linalg.solve(a, np.einsum("mpk,mp->mk", jac, w * y)[..., None])[..., 0]
+            amp = p[:, 0]
+            if it == 0 and self.prior is not None:  # per-disk ridge level, as in Locator.refine
+                var0 = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
+                lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
+                lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / decade + 1
+                li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
+                li = np.where(amp > 0, li, len(self.levels) - 1)
+            if it == n_iter:
+                break
+            safe = amp > 0
+            d_new = self.grid[ij] + p[:, 2:4] / np.where(safe, amp, 1.0)[:, None]
+            d = np.where(safe[:, None], np.clip(d_new, -self.grid[-1], self.grid[-1]), d)
+        d = self.grid[ij] + p[:, 2:4] / np.where(amp > 0, amp, 1.0)[:, None]
+        var = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
+        inv_diag = np.diagonal(np.linalg.inv(a), axis1=1, axis2=2)
+        # position information (the offset columns' normal-matrix entries) the excluded pixels took away, per axis
+        full = np.einsum("mpk,mpk->mk", jac[:, :, 2:4], jac[:, :, 2:4])
+        kept = np.einsum("mpk,mp,mpk->mk", jac[:, :, 2:4], w, jac[:, :, 2:4]) / np.maximum(full, 1e-30)
+        enough &= kept.min(1) >= MIN_KEPT_INFO
+        perr = np.sqrt(var * inv_diag[:, 2:4].mean(1)) / np.maximum(np.abs(amp), 1e-12)
+        return c - pad + d, np.where(enough & (amp > 0), perr, np.nan), p
