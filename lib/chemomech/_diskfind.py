@@ -180,6 +180,16 @@ class Locator:
                 self.inv_diag[lev] = np.diagonal(inv, axis1=1, axis2=2)
                 self._built[lev] = True
 
+    def _ridge_level(self, var0: np.ndarray, amp: np.ndarray) -> np.ndarray:
+        """Per-disk ridge level: noise variance `var0` over the prior variance of the content slopes.
+
+        Disks with a non-positive amplitude get the strongest level.
+        """
+        lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
+        lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
+        li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
+        return np.where(amp > 0, li, len(self.levels) - 1)
+
     def set_prior(self, slope_prior: float | None, radius: float = 1.0) -> None:
         """Set (or, with None, remove) the content-slope prior; see the class parameters."""
         self.prior = None if slope_prior is None else (float(slope_prior) / float(radius)) ** 2
@@ -263,10 +273,7 @@ class Locator:
             if it == 0 and self.prior is not None:
                 # per-disk ridge level: noise variance / prior variance of the content slopes
                 var0 = np.maximum(yy - np.einsum("mi,mij,mj->m", p, self.jtj[ti], p), 0.0) / dof
-                lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
-                lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / _PRIOR_DECADE + 1
-                li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
-                li = np.where(amp > 0, li, len(self.levels) - 1)
+                li = self._ridge_level(var0, amp)
                 self._ensure_levels(li)
             if it == last:
                 break
@@ -356,7 +363,6 @@ class Locator:
         w = np.where(enough[:, None], w, 1.0)  # hopeless disks: any solvable system, discarded below
         dof = np.maximum(w.sum(1) - n_k, 1)
         eye = np.eye(n_k)
-        decade = np.log10(self.levels[2] / self.levels[1]) if len(self.levels) > 2 else 1.0
         d = np.clip(frac, -self.grid[-1], self.grid[-1])
         li = np.zeros(m, int)
         for it in range(n_iter + 1):
@@ -367,10 +373,7 @@ class Locator:
             amp = p[:, 0]
             if it == 0 and self.prior is not None:  # per-disk ridge level, as in Locator.refine
                 var0 = np.einsum("mp,mp->m", w, (y - np.einsum("mpk,mk->mp", jac, p)) ** 2) / dof
-                lam = var0 / (self.prior * np.maximum(amp, 1e-12) ** 2)
-                lev = np.log10(np.maximum(lam, 1e-30) / self.levels[1]) / decade + 1
-                li = np.clip(np.round(lev).astype(int), 0, len(self.levels) - 1)
-                li = np.where(amp > 0, li, len(self.levels) - 1)
+                li = self._ridge_level(var0, amp)
             if it == n_iter:
                 break
             safe = amp > 0
