@@ -19,14 +19,19 @@ import numpy as np
 MODULES = ("elasticity", "_diskfind", "learning", "strain", "xanes", "registration")
 
 
+def all_names(module: str, root: Path = Path("mutants/src/chemomech")) -> list[str]:
+    """Every mutant of one module, sorted (mutmut's names, from its .meta file)."""
+    meta = root / f"{module}.py.meta"
+    if not meta.exists():
+        raise SystemExit(f"{meta} missing: run `mutmut run` once so that the mutants exist")
+    return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+
+
 def sample(n: int, seed: int = 19, modules=MODULES, root: Path = Path("mutants/src/chemomech")) -> list[str]:
     rng = np.random.default_rng(seed)
     names = []
     for module in modules:
-        meta = root / f"{module}.py.meta"
-        if not meta.exists():
-            raise SystemExit(f"{meta} missing: run `mutmut run` once so that the mutants exist")
-        keys = sorted(json.loads(meta.read_text())["exit_code_by_key"])
+        keys = all_names(module, root)
         take = min(n, len(keys))
         names += [keys[i] for i in sorted(rng.choice(len(keys), size=take, replace=False))]
     return names

@@ -98,3 +98,11 @@ def test_a_stiffness_that_is_not_positive_definite_is_refused():
     bad = np.diag([100.0, -50.0, 30.0])
     with pytest.raises(ValueError, match="stiffness"):
         el.ElasticProblem(mesh, stiffness=bad)
+
+
+def test_mesh_from_mask_says_how_to_fix_a_split_mask():
+    # two pieces touching only at a corner are two regions (4-connectivity); the message names the count and the fix
+    m = np.zeros((4, 4), bool)
+    m[:2, :2] = m[2:, 2:] = True
+    with pytest.raises(ValueError, match="got 2 pieces; keep the largest with scipy.ndimage.label first"):
+        el.mesh_from_mask(m)

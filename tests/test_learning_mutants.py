@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import xarray as xr
 
 from chemomech import learning, twin
 
@@ -53,3 +55,58 @@ def test_leave_one_particle_out_cv_is_symmetric_for_copies():
     boot = learning.fit_eigenstrain(copies, [ds.X] * 3, degree=1, n_boot=12, bootstrap="particles", rng=0)
     np.testing.assert_allclose(boot.coef_boot, np.broadcast_to(boot.coef, boot.coef_boot.shape), rtol=1e-6,
                                atol=1e-12)
+
+
+def test_smoothness_penalty_is_the_integral_of_the_squared_second_derivative():
+    # _penalty is smoothness * n_rows * int_0^1 phi_i'' phi_j'' dX (its docstring); against the exact integral
+    # (Gauss-Legendre, exact for these polynomials) a 101-point rule may be off by at most the trapezoid
+    # rule's leading Euler-Maclaurin term h^2/12 [f'(1) - f'(0)] (f = phi_i'' phi_j''), plus 10 %
+    h = 0.01
+    for degree in (3, 4, 5):
+        got = learning._penalty(degree, 2.0, 3.0)
+        xg, wg = np.polynomial.legendre.leggauss(40)
+        xg, wg = (xg + 1) / 2, wg / 2
+        b2 = learning.legendre_basis(xg, degree, derivative=2)
+        exact = (b2 * wg[:, None]).T @ b2
+        ends = np.array([0.0, 1.0])
+        e2, e3 = (learning.legendre_basis(ends, degree, derivative=k) for k in (2, 3))
+        fprime = e3[:, :, None] * e2[:, None, :] + e2[:, :, None] * e3[:, None, :]
+        bound = 1.1 * h**2 / 12 * np.abs(fprime[1] - fprime[0]) + 1e-12 * np.abs(exact).max()
+        one = got[:degree, :degree] / 6.0
+        assert np.all(np.abs(one - exact) <= bound)
+        np.testing.assert_array_equal(got[degree:, degree:], got[:degree, :degree])  # same for both components
+        assert not got[:degree, degree:].any()
+
+
+def test_simex_with_one_simulation_per_lambda():
+    # n_sim is the number of noisy copies per lambda: one copy is a valid (noisier) SIMEX. On a noise-free
+    # strain-vs-X line with sigma_X = 0.2 (naive slope ratio 0.676, test_learning) the corrected ratio over
+    # seeds 0-4 spread 0.95-1.16 with one copy (sd ~0.08; 0.98-1.00 with 50): atol 0.25 is ~3 sd and
+    # still excludes the uncorrected slope
+    g = np.random.default_rng(0)
+    xt = g.uniform(0, 1, (60, 70))
+    s = xr.Dataset({v: (("y", "x"), k * xt) for v, k in (("exx", 0.05), ("eyy", -0.02), ("exy", 0 * xt))})
+    xn = xr.DataArray(xt + g.normal(0, 0.2, xt.shape), dims=("y", "x"))
+    corr = learning.simex(s, xn, sigma_X=0.2, n_sim=1, rng=1)
+    np.testing.assert_allclose(corr.slope / [0.05, -0.02], 1.0, atol=0.25)
+    with pytest.raises(ValueError, match="n_sim"):
+        learning.simex(s, xn, sigma_X=0.2, n_sim=0)
+
+
+def test_learn_stacks_names_a_bad_n_perturb():
+    # checked before any work: the message names the argument
+    with pytest.raises(ValueError, match="n_perturb must be an int >= 2"):
+        learning.learn_stacks([], n_perturb=1)
+
+
+def test_slope_results_carry_units_and_names():
+    # API contract (shared/api.md): result variables carry attrs["units"]; strain and X are both
+    # dimensionless, so the slope, the intercept and their standard error are in units of "1"
+    g = np.random.default_rng(2)
+    xt = g.uniform(0, 1, (20, 30))
+    s = xr.Dataset({v: (("y", "x"), k * xt) for v, k in (("exx", 0.05), ("eyy", -0.02), ("exy", 0 * xt))})
+    x = xr.DataArray(xt + g.normal(0, 0.05, xt.shape), dims=("y", "x"))
+    for ds in (learning.naive_regression(s, x), learning.simex(s, x, sigma_X=0.05, n_sim=2, rng=0)):
+        for v in ("slope", "intercept", "slope_se"):
+            assert ds[v].attrs["units"] == "1" and ds[v].attrs["long_name"], v
+        assert ds.component.values.tolist() == ["aa", "cc"]

@@ -17,3 +17,42 @@ def test_map_points_needs_n_by_2_points():
         r.map_points([[1.0, 2.0, 3.0]])
     with pytest.raises(ValueError, match="points"):
         r.map_points([1.0, 2.0])
+
+
+def test_mask_pairs_with_an_implausible_physical_area_ratio_are_tried_last():
+    # the fixed image's best mask is 16x the moving particle's physical area (outside the plausible
+    # 0.4-2.5 of _AREA_RATIO), its second one matches it: with physical grids the matching pair is tried
+    # first; without physical coordinates there is nothing to compare and the ranking order stays
+    def square(n, side):
+        m = np.zeros((n, n), bool)
+        m[:side, :side] = True
+        return m
+
+    f_masks = [("big", square(64, 40)), ("small", square(64, 10))]
+    m_masks = [("moving", square(32, 5))]  # 25 px of 2 nm x 2 nm = 100 nm^2, like "small" (100 px of 1 nm^2)
+    f_grid = registration._Grid((64, 64), spacing=(1.0, 1.0), physical=True)
+    m_grid = registration._Grid((32, 32), spacing=(2.0, 2.0), physical=True)
+    order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, f_grid, m_grid)]
+    assert order == [("small", "moving"), ("big", "moving")]
+    pixel = [registration._Grid((64, 64)), registration._Grid((32, 32))]
+    order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, *pixel)]
+    assert order == [("big", "moving"), ("small", "moving")]
+
+
+def test_particle_mask_of_a_flat_image_says_no_particle_was_found():
+    # a constant-plus-noise field has no particle on either side of any threshold: refused with a hint
+    img = np.random.default_rng(0).normal(10.0, 0.1, (40, 40))
+    with pytest.raises(ValueError, match="no particle found"):
+        registration.particle_mask(img)
+
+
+def test_registration_image_keeps_the_long_name_of_a_dataarray():
+    xr = pytest.importorskip("xarray")
+    img = xr.DataArray(np.linspace(0.0, 1.0, 120).reshape(10, 12), dims=("y", "x"),
+                       attrs={"units": "1", "long_name": "Li fraction"})
+    inside = np.zeros((10, 12), bool)
+    inside[2:8, 2:10] = True
+    out, _ = registration.registration_image(img, inside)
+    assert out.attrs == {"units": "1", "long_name": "Li fraction"}
+    out, _ = registration.registration_image(img, inside, long_name="registration view")
+    assert out.attrs["long_name"] == "registration view"

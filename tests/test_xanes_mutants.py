@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import xarray as xr
 from numpy.testing import assert_allclose
 from scipy.special import erf
 
@@ -41,3 +43,38 @@ def test_maps_sit_on_the_pixel_grid_of_the_stack():
     for k in ("X", "thickness"):
         assert_allclose(res[k].y.values, stack.y.values)
         assert_allclose(res[k].x.values, stack.x.values)
+
+
+def test_calibrate_references_with_zero_ranges_holds_the_scale_fixed():
+    # max_offset_ev=0 / max_broadening_ev=0 switch that part of the calibration off (documented as a search
+    # range of +-0 eV): a stack that is truly 0.2 eV off is then read at offset 0, while the other part is fitted
+    e = np.arange(700.0, 730.0, 0.25)
+    true = xanes.reference_spectra(e + 0.2)
+    a, b = np.meshgrid(np.linspace(10, 80, 6), np.linspace(5, 70, 5))
+    od = xr.DataArray(true.LFP.values[:, None, None] * a + true.FP.values[:, None, None] * b,
+                      dims=("energy", "y", "x"), coords={"energy": e})
+    held = xanes.calibrate_references(od, max_offset_ev=0.0)
+    assert held.attrs["energy_offset_ev"] == 0.0
+    free = xanes.calibrate_references(od, max_broadening_ev=0.0)
+    assert free.attrs["broadening_ev"] == 0.0
+    assert abs(free.attrs["energy_offset_ev"] - 0.2) < 0.02  # noise-free: the offset grid + Nelder-Mead, xatol 2 meV
+
+
+def test_cluster_spectra_needs_more_pixels_than_components():
+    # PCA with k components needs at least k + 1 spectra (k differences from their mean); fewer is refused,
+    # naming how many pixels the mask gave and how many are needed, even when there are enough for the clusters
+    e = np.arange(700.0, 730.0, 0.5)
+    refs = xanes.reference_spectra(e)
+    od = xr.DataArray(np.broadcast_to((refs.LFP.values + refs.FP.values)[:, None, None] * 50.0, (e.size, 4, 4)),
+                      dims=("energy", "y", "x"), coords={"energy": e})
+    mask = np.zeros((4, 4), bool)
+    mask[0, :3] = True  # 3 pixels: enough for 2 clusters, not for 3 components
+    with pytest.raises(ValueError, match="3 pixels with finite spectra; need at least 4"):
+        xanes.cluster_spectra(od, mask=mask, n_components=3, n_clusters=2, rng=0)
+
+
+def test_calibrate_references_names_the_wrong_reference_type():
+    e = np.arange(700.0, 730.0, 0.25)
+    od = xr.DataArray(np.ones((e.size, 3, 3)), dims=("energy", "y", "x"), coords={"energy": e})
+    with pytest.raises(TypeError, match="references must be an xarray.Dataset, got DataArray"):
+        xanes.calibrate_references(od, references=xanes.reference_spectra().LFP)

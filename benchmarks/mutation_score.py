@@ -1,0 +1,347 @@
+"""Mutation score of the six analysis modules on a stratified random sample of mutmut's mutants (issue 19).
+
+A full mutmut run over the ~17 000 mutants takes about a day on the project's two-core machine, so the score
+is *estimated*: a uniform random sample of N mutants per module (seeded, ``mutation_sample.sample``), every one
+of them run to a verdict, and a 95 % Wilson interval per module and for the whole (strata weighted by their
+mutant counts). The mutants are the ones mutmut 3 generates (``make mutation`` or ``generate`` below); each runs
+through mutmut's own trampolines (``MUTANT_UNDER_TEST``), against the fast tests of ``[tool.mutmut]`` in
+``pyproject.toml`` that reach the mutated function -- mutmut's own rule, recorded here by one clean pass of the
+unmutated code, which must pass.
+
+Verdicts: ``killed`` (a selected test fails, pytest exit 1), ``timeout`` (the run exceeds 5x the clean duration
+of its tests + 60 s; counted as killed, as the issue says), ``survived`` (exit 0), ``no tests`` (no fast test
+reaches the function; counted as survived). Anything else (collection error, pytest internal error, a crash)
+is an ``error``: reported, never counted as a kill.
+
+Run from the staging folder (``_build/mutation``, made by ``make mutation``)::
+
+    python ../../benchmarks/mutation_score.py generate                 # mutants only (mutmut's generator)
+    python ../../benchmarks/mutation_score.py run N SEED OUT.jsonl [--jobs 2] [--only FILE]
+    python ../../benchmarks/mutation_score.py score OUT.jsonl [--triage TRIAGE.tsv]
+
+``run`` appends one JSON line per mutant to OUT.jsonl and skips mutants already there (so it resumes); the
+sampled mutants run in a seeded random order, so a run stopped early is still a random subsample of every
+module. ``--only FILE`` runs the names in FILE instead (e.g. the survivors against new tests, with
+``--tag``). ``score`` prints the table; with ``--triage`` (tab-separated: mutant, status, reason; status
+``killed`` = killed by a new test, ``equivalent``) it adds the score after triage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import tomllib
+from collections import defaultdict
+from math import sqrt
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from mutation_sample import MODULES, all_names, sample  # noqa: E402
+
+Z95 = 1.959963984540054
+KILLED = {"killed", "timeout"}
+SURVIVED = {"survived", "no tests"}
+
+
+# ------------------------------------------------------------------------------------------- statistics
+def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """95 % Wilson score interval of a binomial proportion k/n (n may be an effective, non-integer size).
+
+    >>> [round(v, 3) for v in wilson(40, 50)]
+    [0.67, 0.888]
+    """
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (mid - half, mid + half)
+
+
+def stratified(strata: list[tuple[float, int, int]]) -> tuple[float, float, float, float]:
+    """Weighted score over strata (weight, killed, n) with a Wilson interval at the Kish effective size.
+
+    The point estimate is sum(w p) / sum(w); its variance sum(w^2 p(1-p)/n) / (sum w)^2 (with p shrunk to
+    (k + 1/2)/(n + 1) so that a stratum at 0 or 100 % still contributes), and the interval is Wilson's at the
+    effective sample size p(1-p)/variance. Returns (score, low, high, effective n).
+    """
+    strata = [s for s in strata if s[2] > 0]
+    wsum = sum(w for w, _, _ in strata)
+    p = sum(w * k / n for w, k, n in strata) / wsum
+    var = sum(w * w * ((k + 0.5) / (n + 1)) * (1 - (k + 0.5) / (n + 1)) / n for w, k, n in strata) / wsum**2
+    pv = min(max(p, 0.5 / sum(n for _, _, n in strata)), 1 - 0.5 / sum(n for _, _, n in strata))
+    neff = pv * (1 - pv) / var
+    lo, hi = wilson(p * neff, neff)
+    return p, lo, hi, neff
+
+
+# ------------------------------------------------------------------------------------------- generation
+def generate() -> None:
+    """Write the mutants (mutants/src/chemomech/*.py and .meta) with mutmut's generator, without its runs."""
+    from mutmut.__main__ import (
+        copy_also_copy_files,
+        copy_src_dir,
+        create_mutants,
+        set_mutant_under_test,
+        setup_source_paths,
+    )
+    t0 = time.time()
+    set_mutant_under_test("mutant_generation")
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    print(create_mutants(2), f"{time.time() - t0:.0f} s")
+
+
+# ------------------------------------------------------------------------------------------- running
+def _test_files() -> list[str]:
+    cfg = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["mutmut"]
+    return list(cfg["pytest_add_cli_args_test_selection"])
+
+
+PYTEST_ARGS = ["-q", "-p", "no:cacheprovider", "-p", "no:randomly", "-m", "not slow and not browser",
+               "--hypothesis-seed=0", "-o", "addopts=", "--no-header", "-rN"]
+
+
+class _Recorder:
+    """pytest plugin of the clean pass: which mutated functions each test reaches, and how long it takes."""
+
+    def __init__(self, dump: Path):
+        self.dump = dump
+        self.current = "<collection>"
+        self.hits: dict[str, set[str]] = defaultdict(set)
+        self.duration: dict[str, float] = defaultdict(float)
+        self.failed: list[str] = []
+
+    def hit(self, name, caller=None):
+        self.hits[self.current].add(name)
+
+    def pytest_runtest_logstart(self, nodeid, location):
+        self.current = nodeid
+
+    def pytest_runtest_logreport(self, report):
+        self.duration[report.nodeid] += report.duration
+        if report.failed:
+            self.failed.append(report.nodeid)
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        self.dump.write_text(json.dumps({"exit": int(exitstatus), "failed": self.failed, "duration": self.duration,
+                                         "hits": {k: sorted(v) for k, v in self.hits.items()}}))
+
+
+class _Select:
+    """pytest plugin of a mutant run: keep the tests that reach the mutant's function, fastest first."""
+
+    def __init__(self, keep: dict[str, float]):
+        self.keep = keep
+
+    def pytest_collection_modifyitems(self, config, items):
+        kept = sorted((i for i in items if i.nodeid in self.keep), key=lambda i: self.keep[i.nodeid])
+        dropped = [i for i in items if i.nodeid not in self.keep]
+        items[:] = kept
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+
+
+def _child(argv: list[str], plugin, log: Path) -> None:
+    """In a forked child: new process group, output to log, run pytest, exit with its code."""
+    os.setsid()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    code = 99
+    try:
+        import pytest
+        code = int(pytest.main(argv, plugins=[plugin]))
+    except BaseException:  # noqa: BLE001 - anything escaping pytest is a harness error
+        import traceback
+        traceback.print_exc()
+        code = 98
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def clean_pass(files: list[str], out: Path) -> dict:
+    """Run the whole fast selection once on the unmutated code (mutmut's 'stats' mode), in a child."""
+    import mutmut.mutation.trampoline as tr
+
+    tmp = out.with_suffix(".clean.json")
+    rec = _Recorder(tmp)
+    pid = os.fork()
+    if pid == 0:
+        tr.record_trampoline_hit = rec.hit
+        tr.set_mutant_under_test("stats")
+        _child([*PYTEST_ARGS, *files], rec, out.with_suffix(".clean.log"))
+    _, status = os.waitpid(pid, 0)
+    data = json.loads(tmp.read_text())
+    if os.waitstatus_to_exitcode(status) != 0 or data["exit"] != 0:
+        raise SystemExit(f"clean pass failed (exit {data['exit']}; {data['failed']}): see "
+                         f"{out.with_suffix('.clean.log')}")
+    return data
+
+
+def _function_of(name: str) -> str:
+    return name.rpartition("__mutmut_")[0]
+
+
+def run(names: list[str], out: Path, jobs: int, tag: str, files: list[str] | None = None) -> None:
+    files = files or _test_files()
+    sys.path.insert(0, str(Path("mutants/src").resolve()))
+    os.chdir("mutants")
+    out = out if out.is_absolute() else Path("..") / out
+    import chemomech  # noqa: F401  - the mutated package, imported once before the forks
+    for module in MODULES:
+        __import__(f"chemomech.{module}")
+    assert Path(chemomech.__file__).resolve().is_relative_to(Path("src").resolve()), chemomech.__file__
+    import mutmut.mutation.trampoline as tr
+    t0 = time.time()
+    clean = clean_pass(files, out)
+    print(f"clean pass: {len(clean['duration'])} test reports, exit 0, {time.time() - t0:.0f} s", flush=True)
+    tests_of = defaultdict(dict)
+    for test, funcs in clean["hits"].items():
+        for f in funcs:
+            tests_of[f][test] = clean["duration"].get(test, 0.0)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["mutant"] for line in out.read_text().splitlines() if line.strip()}
+    todo = [n for n in names if n not in done]
+    logs = out.with_suffix(".logs")
+    logs.mkdir(exist_ok=True)
+    running: dict[int, tuple[str, float, float, int]] = {}
+
+    def record(name, verdict, code, seconds, ntests):
+        with open(out, "a") as fh:
+            fh.write(json.dumps({"mutant": name, "module": name.split(".")[1], "verdict": verdict, "exit": code,
+                                 "seconds": round(seconds, 1), "tests": ntests, "tag": tag}) + "\n")
+        print(f"{verdict:9s} {seconds:6.1f}s {ntests:3d} tests  {name}", flush=True)
+
+    while todo or running:
+        while todo and len(running) < jobs:
+            name = todo.pop(0)
+            keep = tests_of.get(_function_of(name), {})
+            if "<collection>" in keep:
+                keep.pop("<collection>")
+            if not keep:
+                record(name, "no tests", None, 0.0, 0)
+                continue
+            sel = sorted({k.split("::")[0] for k in keep})
+            limit = 5 * sum(keep.values()) + 60
+            pid = os.fork()
+            if pid == 0:
+                tr.set_mutant_under_test(name)
+                _child([*PYTEST_ARGS, "-x", *sel], _Select(keep), logs / f"{name}.log")
+            running[pid] = (name, time.time(), limit, len(keep))
+        time.sleep(0.2)
+        for pid, (name, start, limit, ntests) in list(running.items()):
+            got, status = os.waitpid(pid, os.WNOHANG)
+            if got == 0:
+                if time.time() - start > limit:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    del running[pid]
+                    record(name, "timeout", None, time.time() - start, ntests)
+                continue
+            del running[pid]
+            code = os.waitstatus_to_exitcode(status)
+            verdict = {0: "survived", 1: "killed"}.get(code, "error")
+            record(name, verdict, code, time.time() - start, ntests)
+
+
+# ------------------------------------------------------------------------------------------- scoring
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f} %"
+
+
+def score(results: list[Path], triage: Path | None) -> str:
+    rows = {}
+    for path in results:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[r["mutant"]] = r  # a later line (a re-run) replaces an earlier one
+    tri = {}
+    if triage:
+        for line in triage.read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, status, *_ = line.split("\t")
+                tri[name] = status
+    counts = {m: len(all_names(m)) for m in MODULES}
+    head = ("| module | mutants | sampled | killed | timeout | survived | no tests | error | raw score (95 % CI) "
+            "| killed by new tests | equivalent | after triage (95 % CI) |")
+    lines = [head, "|" + " --- |" * 12]
+    before, after = [], []
+    tot = defaultdict(int)
+    for m in MODULES:
+        rs = [r for r in rows.values() if r["module"] == m]
+        c = defaultdict(int)
+        for r in rs:
+            c[r["verdict"]] += 1
+        k = c["killed"] + c["timeout"]
+        n = k + c["survived"] + c["no tests"]
+        surv = [r["mutant"] for r in rs if r["verdict"] in SURVIVED]
+        newk = sum(tri.get(s) == "killed" for s in surv)
+        eq = sum(tri.get(s) == "equivalent" for s in surv)
+        k2, n2 = k + newk, n - eq
+        before.append((counts[m], k, n))
+        after.append((counts[m], k2, n2))
+        for key, v in (("sampled", len(rs)), ("killed", c["killed"]), ("timeout", c["timeout"]),
+                       ("survived", c["survived"]), ("no tests", c["no tests"]), ("error", c["error"]),
+                       ("new", newk), ("eq", eq), ("k", k), ("n", n), ("k2", k2), ("n2", n2)):
+            tot[key] += v
+        lo, hi = wilson(k, n)
+        lo2, hi2 = wilson(k2, n2)
+        lines.append(f"| {m} | {counts[m]} | {len(rs)} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+                     f"{c['no tests']} | {c['error']} | {_pct(k / n) if n else '-'} ({_pct(lo)}–{_pct(hi)}) | "
+                     f"{newk} | {eq} | {_pct(k2 / n2) if n2 else '-'} ({_pct(lo2)}–{_pct(hi2)}) |")
+    p, lo, hi, _ = stratified(before)
+    p2, lo2, hi2, _ = stratified(after)
+    lines.append(f"| **all (weighted by mutants)** | {sum(counts.values())} | {tot['sampled']} | {tot['killed']} | "
+                 f"{tot['timeout']} | {tot['survived']} | {tot['no tests']} | {tot['error']} | "
+                 f"**{_pct(p)}** ({_pct(lo)}–{_pct(hi)}) | {tot['new']} | {tot['eq']} | "
+                 f"**{_pct(p2)}** ({_pct(lo2)}–{_pct(hi2)}) |")
+    untriaged = [s for s, r in rows.items() if r["verdict"] in SURVIVED and s not in tri]
+    if triage and untriaged:
+        lines.append(f"\n{len(untriaged)} survivors not in the triage file: " + ", ".join(sorted(untriaged)))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("generate")
+    r = sub.add_parser("run")
+    r.add_argument("n", type=int)
+    r.add_argument("seed", type=int)
+    r.add_argument("out", type=Path)
+    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--only", type=Path, help="file of mutant names to run instead of the sample")
+    r.add_argument("--tests", nargs="+", help="test files instead of [tool.mutmut]'s selection")
+    r.add_argument("--tag", default="sample")
+    s = sub.add_parser("score")
+    s.add_argument("results", type=Path, nargs="+")
+    s.add_argument("--triage", type=Path)
+    a = ap.parse_args(argv)
+    if a.cmd == "generate":
+        generate()
+    elif a.cmd == "run":
+        if a.only:
+            names = [n.strip() for n in a.only.read_text().splitlines() if n.strip()]
+        else:
+            import numpy as np
+            names = sample(a.n, a.seed)
+            names = [names[i] for i in np.random.default_rng(a.seed).permutation(len(names))]
+        run(names, a.out, a.jobs, a.tag, a.tests)
+    else:
+        print(score(a.results, a.triage))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,36 @@
+"""Strain tests added after mutation testing (benchmarks/mutation_triage.md)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from chemomech import strain
+from chemomech.twin import stem4d
+
+
+def test_numpy_scan_gets_pixel_index_coordinates_on_its_own_dims():
+    # a bare (ny, nx, ky, kx) array has no coordinates: the maps get 0..n-1 pixel indices on the scan dims
+    # themselves (indexable, no extra dimension)
+    sim = stem4d.simulate_uniform(exx=0.01, scan_shape=(3, 5), reference_columns=2, dose=1e5, rng=4)
+    res = strain.measure_strain(sim.datacube.values, reference=sim.reference.values)
+    assert dict(res.sizes) == {"y": 3, "x": 5}
+    assert set(res.indexes) == {"y", "x"} and res.x.dims == ("x",) and res.y.dims == ("y",)
+    assert res.y.values.tolist() == [0, 1, 2] and res.x.values.tolist() == [0, 1, 2, 3, 4]
+    assert res.y.attrs["units"] == res.x.attrs["units"] == "px"
+
+
+def test_a_wholly_lost_chunk_changes_nothing_chunking_saturation_included():
+    # the chunk size is a memory knob: the result must not depend on it, also when every pattern of one
+    # chunk is lost (all NaN) and the detector is clipped (saturation is judged from the per-chunk maxima)
+    sim = stem4d.simulate_uniform(exx=0.01, scan_shape=(4, 6), reference_columns=2, dose=1e5, rng=5)
+    cube = sim.datacube.values.copy()
+    level = np.float32(np.quantile(cube.max(axis=(2, 3)), 0.3))  # the central disk's peak clips in 70 %
+    cube = np.minimum(cube, level)
+    cube[0, :4] = np.nan  # the first chunk of 4 patterns
+    one = strain.measure_strain(cube, reference=sim.reference.values, chunk=24)
+    four = strain.measure_strain(cube, reference=sim.reference.values, chunk=4)
+    assert one.attrs["n_excluded_detector_pixels"] > 0  # the clipped pixels
+    assert four.attrs["n_excluded_detector_pixels"] == one.attrs["n_excluded_detector_pixels"]
+    assert four.attrs["n_lost_patterns"] == one.attrs["n_lost_patterns"] == 4
+    for k in ("exx", "eyy", "exy", "theta"):
+        np.testing.assert_allclose(four[k].values, one[k].values, atol=1e-12, equal_nan=True)
