@@ -110,3 +110,18 @@ def test_slope_results_carry_units_and_names():
         for v in ("slope", "intercept", "slope_se"):
             assert ds[v].attrs["units"] == "1" and ds[v].attrs["long_name"], v
         assert ds.component.values.tolist() == ["aa", "cc"]
+
+
+def test_predict_strain_warning_names_the_particle_of_the_strain():
+    # the particle name for messages comes from the strain Dataset (or X): a measured strain with a hole
+    # inside the mask warns with that particle's name even when X carries none
+    model = learning.EigenstrainModel.from_law(twin.vegard_law(), 1)
+    yy, xx = np.mgrid[:16, :16]
+    mask = np.hypot(yy - 7.5, xx - 7.5) < 6.5
+    X = xr.DataArray(np.where(mask, 0.5, np.nan), dims=("y", "x"))
+    ex = np.where(mask, 0.0, np.nan)
+    ex[7, 7] = np.nan
+    s = xr.Dataset({v: (("y", "x"), ex) for v in ("exx", "eyy", "exy")}, attrs={"particle": "P7"})
+    with pytest.warns(learning.DataWarning, match=r"mask \(P7\): 1 of"):
+        pred = model.predict_strain(X, mask, strain=s)
+    assert np.isnan(pred.exx.values[7, 7]) and np.isfinite(pred.exx.values[mask & (yy != 7)]).all()

@@ -56,3 +56,22 @@ def test_registration_image_keeps_the_long_name_of_a_dataarray():
     assert out.attrs == {"units": "1", "long_name": "Li fraction"}
     out, _ = registration.registration_image(img, inside, long_name="registration view")
     assert out.attrs["long_name"] == "registration view"
+
+
+def test_metric_profile_peaks_where_the_moving_image_is_realigned():
+    # moving = fixed with its content moved 2 px to +x; with an identity registration, shifting the warp by
+    # -2 px realigns it: both similarity measures peak there, the correlation at 1 (noise-free, no edge loss)
+    yy, xx = np.mgrid[:48, :48].astype(float)
+    inside = ((yy - 24) / 14) ** 2 + ((xx - 22) / 10) ** 2 < 1
+    fixed = np.where(inside, 2.0 + np.sin(xx / 2.5) * np.cos(yy / 3.5), 0.0)
+    moving = np.roll(fixed, 2, axis=1)
+    reg = registration.Registration.from_matrix(np.eye(3), fixed, moving)
+    shifts = np.arange(-5.0, 2.5, 1.0)
+    prof = registration.metric_profile(fixed, moving, reg, shifts_px=shifts, axis="x")
+    assert prof["shift"].values.tolist() == shifts.tolist() and prof["shift"].attrs["units"] == "px"
+    assert prof["correlation"].idxmax().item() == -2.0 and prof["mutual_information"].idxmax().item() == -2.0
+    assert prof["correlation"].sel(shift=-2.0).item() == pytest.approx(1.0, abs=1e-12)
+    along_y = registration.metric_profile(fixed, moving, reg, shifts_px=[0.0, 1.0], axis="y")
+    assert along_y["correlation"].values.max() < 0.99  # shifting along y does not undo an x shift
+    with pytest.raises(ValueError, match="shifts_px"):
+        registration.metric_profile(fixed, moving, reg, shifts_px=[[1.0, 2.0]])
