@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from chemomech import _diskfind
-from test_diskfind import _disk, _template
+from test_diskfind import RADIUS_PX, _disk, _template
 
 
 def test_shot_noise_error_model_matches_the_scatter_of_repeated_disks():
@@ -39,3 +39,20 @@ def test_coarse_step_gives_the_nearest_pixel_and_a_parabolic_subpixel_offset():
             c, frac = loc.coarse(img, np.array([0]), np.array([[16 + pad + 1, 18 + pad - 1]]), 3, cc)
             np.testing.assert_array_equal(c[0] - pad, [16, 18])
             np.testing.assert_allclose(c[0] - pad + frac[0], centre, atol=0.06)
+
+
+def test_positions_do_not_depend_on_the_intensity_scale_with_a_content_prior():
+    # the ridge level of the content prior is noise variance over (prior x amplitude^2): both scale with the
+    # square of the intensity, so detector gain / units (counts or normalised intensities) change nothing
+    rng = np.random.default_rng(4)
+    loc = _diskfind.Locator(_template(), content_order=1, slope_prior=0.05, radius=RADIUS_PX)
+    centres = rng.uniform(-0.5, 0.5, size=(20, 2)) + [16.0, 18.0]
+    imgs = np.stack([rng.poisson(_disk((32, 36), c, amp=400.0, bg=2.0)) for c in centres]).astype(np.float32)
+    pad = 16
+    out = []
+    for scale in (1.0, 1e-3):
+        padded = np.pad(imgs * np.float32(scale), ((0, 0), (pad, pad), (pad, pad)))
+        out.append(loc.locate(padded, np.arange(20), np.tile([16.0, 18.0], (20, 1)), pad, np.array([32, 36]),
+                              search=2))
+    np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-4)  # float32 data: ~1e-6 px in practice
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4)  # the SNR is a ratio too
