@@ -18,6 +18,7 @@ Run from the staging folder (``_build/mutation``, made by ``make mutation``)::
     python ../../benchmarks/mutation_score.py generate                 # mutants only (mutmut's generator)
     python ../../benchmarks/mutation_score.py run N SEED OUT.jsonl [--jobs 2] [--only FILE]
     python ../../benchmarks/mutation_score.py score OUT.jsonl [--triage TRIAGE.tsv]
+    python ../../benchmarks/mutation_score.py show NAME [NAME ...]     # a mutant's changed lines
 
 ``run`` appends one JSON line per mutant to OUT.jsonl and skips mutants already there (so it resumes); the
 sampled mutants run in a seeded random order, so a run stopped early is still a random subsample of every
@@ -29,8 +30,10 @@ module. ``--only FILE`` runs the names in FILE instead (e.g. the survivors again
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -65,18 +68,21 @@ def wilson(k: float, n: float, z: float = Z95) -> tuple[float, float]:
 
 
 def stratified(strata: list[tuple[float, int, int]]) -> tuple[float, float, float, float]:
-    """Weighted score over strata (weight, killed, n) with a Wilson interval at the Kish effective size.
+    """Weighted score over strata (weight, killed, n) with a Wilson interval at Kish's effective sample size.
 
-    The point estimate is sum(w p) / sum(w); its variance sum(w^2 p(1-p)/n) / (sum w)^2 (with p shrunk to
-    (k + 1/2)/(n + 1) so that a stratum at 0 or 100 % still contributes), and the interval is Wilson's at the
-    effective sample size p(1-p)/variance. Returns (score, low, high, effective n).
+    The point estimate is sum(W p) with W = w / sum(w) (each module weighted by its number of mutants); the
+    effective size n_eff = 1 / sum(W^2 / n) is the simple random sample with the same variance for a common
+    p, and the interval is Wilson's at n_eff (it stays meaningful when every module scores 0 or 100 %).
+    Returns (score, low, high, n_eff).
+
+    >>> p, lo, hi, n = stratified([(1.0, 40, 50), (1.0, 40, 50)])
+    >>> round(p, 2), round(n), [round(v, 3) for v in wilson(80, 100)] == [round(lo, 3), round(hi, 3)]
+    (0.8, 100, True)
     """
     strata = [s for s in strata if s[2] > 0]
     wsum = sum(w for w, _, _ in strata)
-    p = sum(w * k / n for w, k, n in strata) / wsum
-    var = sum(w * w * ((k + 0.5) / (n + 1)) * (1 - (k + 0.5) / (n + 1)) / n for w, k, n in strata) / wsum**2
-    pv = min(max(p, 0.5 / sum(n for _, _, n in strata)), 1 - 0.5 / sum(n for _, _, n in strata))
-    neff = pv * (1 - pv) / var
+    p = sum(w / wsum * k / n for w, k, n in strata)
+    neff = 1.0 / sum((w / wsum) ** 2 / n for w, _, n in strata)
     lo, hi = wilson(p * neff, neff)
     return p, lo, hi, neff
 
@@ -255,6 +261,38 @@ def run(names: list[str], out: Path, jobs: int, tag: str, files: list[str] | Non
             record(name, verdict, code, time.time() - start, ntests)
 
 
+# ------------------------------------------------------------------------------------------- showing
+def _function_source(lines: list[str], name: str) -> list[str]:
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)def " + re.escape(name) + r"\(", line)
+        if m:
+            indent, out = len(m.group(1)), [line]
+            for nxt in lines[i + 1:]:
+                if (nxt.strip() and len(nxt) - len(nxt.lstrip()) <= indent
+                        and not nxt.lstrip().startswith((")", "]", "}"))):
+                    break
+                out.append(nxt)
+            return out
+    return []
+
+
+def show(names: list[str]) -> str:
+    """The changed lines of each mutant against the original function (from mutants/src/chemomech)."""
+    files: dict[str, list[str]] = {}
+    out = []
+    for full in names:
+        _, module, name = full.split(".", 2)
+        func, _, n = name.rpartition("__mutmut_")
+        if module not in files:
+            files[module] = Path(f"mutants/src/chemomech/{module}.py").read_text().splitlines()
+        a = [x.replace("__mutmut_orig", "") for x in _function_source(files[module], func + "__mutmut_orig")]
+        b = [x.replace("__mutmut_" + n, "") for x in _function_source(files[module], name)]
+        diff = [x for x in difflib.unified_diff(a, b, lineterm="", n=0)
+                if x[:1] in "+-" and not x.startswith(("+++", "---"))]
+        out += [full] + ["   " + x[0] + " " + x[1:].strip() for x in diff]
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------- scoring
 def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
@@ -301,12 +339,13 @@ def score(results: list[Path], triage: Path | None) -> str:
         lines.append(f"| {m} | {counts[m]} | {len(rs)} | {c['killed']} | {c['timeout']} | {c['survived']} | "
                      f"{c['no tests']} | {c['error']} | {_pct(k / n) if n else '-'} ({_pct(lo)}–{_pct(hi)}) | "
                      f"{newk} | {eq} | {_pct(k2 / n2) if n2 else '-'} ({_pct(lo2)}–{_pct(hi2)}) |")
-    p, lo, hi, _ = stratified(before)
-    p2, lo2, hi2, _ = stratified(after)
+    p, lo, hi, neff = stratified(before)
+    p2, lo2, hi2, neff2 = stratified(after)
     lines.append(f"| **all (weighted by mutants)** | {sum(counts.values())} | {tot['sampled']} | {tot['killed']} | "
                  f"{tot['timeout']} | {tot['survived']} | {tot['no tests']} | {tot['error']} | "
                  f"**{_pct(p)}** ({_pct(lo)}–{_pct(hi)}) | {tot['new']} | {tot['eq']} | "
                  f"**{_pct(p2)}** ({_pct(lo2)}–{_pct(hi2)}) |")
+    lines.append(f"\nKish effective sample size of the weighted score: {neff:.0f} (raw), {neff2:.0f} (after triage).")
     untriaged = [s for s, r in rows.items() if r["verdict"] in SURVIVED and s not in tri]
     if triage and untriaged:
         lines.append(f"\n{len(untriaged)} survivors not in the triage file: " + ", ".join(sorted(untriaged)))
@@ -325,12 +364,16 @@ def main(argv: list[str]) -> None:
     r.add_argument("--only", type=Path, help="file of mutant names to run instead of the sample")
     r.add_argument("--tests", nargs="+", help="test files instead of [tool.mutmut]'s selection")
     r.add_argument("--tag", default="sample")
+    sh = sub.add_parser("show")
+    sh.add_argument("names", nargs="+")
     s = sub.add_parser("score")
     s.add_argument("results", type=Path, nargs="+")
     s.add_argument("--triage", type=Path)
     a = ap.parse_args(argv)
     if a.cmd == "generate":
         generate()
+    elif a.cmd == "show":
+        print(show(a.names))
     elif a.cmd == "run":
         if a.only:
             names = [n.strip() for n in a.only.read_text().splitlines() if n.strip()]
