@@ -13,12 +13,15 @@ of its tests + 60 s; counted as killed, as the issue says), ``survived`` (exit 0
 reaches the function; counted as survived). Anything else (collection error, pytest internal error, a crash)
 is an ``error``: reported, never counted as a kill.
 
-Run from the staging folder (``_build/mutation``, made by ``make mutation``)::
+From the checkout, after ``make env`` and ``.venv/bin/pip install -r requirements-mutation.txt`` (the staging
+folder is ``_build/mutation``, as for ``make mutation``; ``--stage DIR`` picks another)::
 
-    python ../../benchmarks/mutation_score.py generate                 # mutants only (mutmut's generator)
-    python ../../benchmarks/mutation_score.py run N SEED OUT.jsonl [--jobs 2] [--only FILE]
-    python ../../benchmarks/mutation_score.py score OUT.jsonl [--triage TRIAGE.tsv]
-    python ../../benchmarks/mutation_score.py show NAME [NAME ...]     # a mutant's changed lines
+    B=benchmarks/mutation_score.py
+    nice -n 10 .venv/bin/python $B generate          # stage lib/ as src/, generate the mutants (~5 min)
+    nice -n 10 .venv/bin/python $B run 45 19 _build/mutation/sample.jsonl --jobs 2   # the sample (~1 h)
+    .venv/bin/python $B score _build/mutation/sample.jsonl --triage benchmarks/mutation_survivors.tsv
+    .venv/bin/python $B show NAME [NAME ...]         # a mutant's changed lines
+    .venv/bin/python $B retest                       # new tests into the staged copy, then `run --only`
 
 ``run`` appends one JSON line per mutant to OUT.jsonl and skips mutants already there (so it resumes); the
 sampled mutants run in a seeded random order, so a run stopped early is still a random subsample of every
@@ -43,6 +46,7 @@ from math import sqrt
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 from mutation_sample import MODULES, all_names, sample  # noqa: E402
 
@@ -88,6 +92,30 @@ def stratified(strata: list[tuple[float, int, int]]) -> tuple[float, float, floa
 
 
 # ------------------------------------------------------------------------------------------- generation
+def stage(root: Path, where: Path) -> None:
+    """Copy the package (as src/chemomech: mutmut 3 knows only src/ layouts), tests, data and config to `where`."""
+    import shutil
+
+    (where / "src").mkdir(parents=True, exist_ok=True)
+    for old in (where / "src" / "chemomech", where / "tests", where / "data", where / "mutants"):
+        shutil.rmtree(old, ignore_errors=True)
+    skip = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(root / "lib" / "chemomech", where / "src" / "chemomech", ignore=skip)
+    shutil.copytree(root / "tests", where / "tests", ignore=skip)
+    shutil.copytree(root / "data", where / "data", ignore=skip)
+    shutil.copy(root / "pyproject.toml", where / "pyproject.toml")
+
+
+def retest(root: Path) -> None:
+    """Replace the tests (and config) of the generated mutants by the checkout's, e.g. to re-run survivors."""
+    import shutil
+
+    shutil.rmtree("mutants/tests")
+    shutil.copytree(root / "tests", "mutants/tests", ignore=shutil.ignore_patterns("__pycache__"))
+    for dest in ("pyproject.toml", "mutants/pyproject.toml"):
+        shutil.copy(root / "pyproject.toml", dest)
+
+
 def generate() -> None:
     """Write the mutants (mutants/src/chemomech/*.py and .meta) with mutmut's generator, without its runs."""
     from mutmut.__main__ import (
@@ -354,8 +382,11 @@ def score(results: list[Path], triage: Path | None) -> str:
 
 def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--stage", type=Path, default=ROOT / "_build" / "mutation",
+                    help="staging folder (default _build/mutation); relative paths below are inside it")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("generate")
+    sub.add_parser("generate", help="stage the checkout and generate the mutants")
+    sub.add_parser("retest", help="copy the checkout's tests over the staged ones (keeps the mutants)")
     r = sub.add_parser("run")
     r.add_argument("n", type=int)
     r.add_argument("seed", type=int)
@@ -370,8 +401,20 @@ def main(argv: list[str]) -> None:
     s.add_argument("results", type=Path, nargs="+")
     s.add_argument("--triage", type=Path)
     a = ap.parse_args(argv)
+    for key in ("out", "only", "results", "triage"):  # user paths are relative to where the command runs
+        v = getattr(a, key, None)
+        if isinstance(v, list):
+            setattr(a, key, [p.resolve() for p in v])
+        elif v is not None:
+            setattr(a, key, v.resolve())
+    a.stage = a.stage.resolve()
+    if a.cmd == "generate":
+        stage(ROOT, a.stage)
+    os.chdir(a.stage)
     if a.cmd == "generate":
         generate()
+    elif a.cmd == "retest":
+        retest(ROOT)
     elif a.cmd == "show":
         print(show(a.names))
     elif a.cmd == "run":

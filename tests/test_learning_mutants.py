@@ -125,3 +125,12 @@ def test_predict_strain_warning_names_the_particle_of_the_strain():
     with pytest.warns(learning.DataWarning, match=r"mask \(P7\): 1 of"):
         pred = model.predict_strain(X, mask, strain=s)
     assert np.isnan(pred.exx.values[7, 7]) and np.isfinite(pred.exx.values[mask & (yy != 7)]).all()
+
+
+def test_law_evaluation_refuses_a_non_finite_composition_by_name():
+    model = learning.EigenstrainModel.from_law(twin.vegard_law(), 1)
+    for evaluate in (model.eigenstrain, model.derivative):
+        with pytest.raises(ValueError, match=r"^X\b"):
+            evaluate([0.2, np.nan])
+        with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]"):
+            evaluate([0.2, 1.2])

@@ -75,3 +75,14 @@ def test_metric_profile_peaks_where_the_moving_image_is_realigned():
     assert along_y["correlation"].values.max() < 0.99  # shifting along y does not undo an x shift
     with pytest.raises(ValueError, match="shifts_px"):
         registration.metric_profile(fixed, moving, reg, shifts_px=[[1.0, 2.0]])
+
+
+def test_a_dataarray_with_swapped_axes_is_refused_by_name():
+    # a (x, y) map is the transpose of the particle: registering it would silently mirror the result, so a
+    # 2-D DataArray must be on ("y", "x"); the message names the argument
+    xr = pytest.importorskip("xarray")
+    yy, xx = np.mgrid[:24, :30]
+    img = np.where(((yy - 12) / 8) ** 2 + ((xx - 14) / 10) ** 2 < 1, 1.0, 0.0)
+    assert registration.particle_mask(xr.DataArray(img, dims=("y", "x"))).sum() > 100
+    with pytest.raises(ValueError, match=r"^image\b.*dims"):
+        registration.particle_mask(xr.DataArray(img.T, dims=("x", "y")))
