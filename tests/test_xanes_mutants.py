@@ -78,3 +78,27 @@ def test_calibrate_references_names_the_wrong_reference_type():
     od = xr.DataArray(np.ones((e.size, 3, 3)), dims=("energy", "y", "x"), coords={"energy": e})
     with pytest.raises(TypeError, match="references must be an xarray.Dataset, got DataArray"):
         xanes.calibrate_references(od, references=xanes.reference_spectra().LFP)
+
+
+def test_normalise_edge_with_a_sloped_pre_edge_line():
+    # an edge step of 2 (times a thickness per pixel) on a linear background: with pre_slope=True the fitted
+    # pre-edge line is subtracted and the step divided out, so the result is 0 before the edge and 1 after
+    # it, exactly (the erf edge at 712 eV is < 1e-15 of its step in the 700-705 eV pre-edge range)
+    e = np.arange(695.0, 735.0, 0.5)
+    edge = 0.5 * (1 + erf((e - 712.0) / 1.0))
+    t = np.array([1.0, 2.5, 4.0])
+    od = (2.0 * edge[:, None] + 0.3 + 0.01 * (e - 700.0)[:, None]) * t
+    od = xr.DataArray(od.reshape(e.size, 1, 3), dims=("energy", "y", "x"), coords={"energy": e})
+    n = xanes.normalise_edge(od, pre_slope=True).values[:, 0, :]
+    pre, post = (e >= 700) & (e <= 705), (e >= 726) & (e <= 730)
+    assert_allclose(n[pre], 0.0, atol=1e-9)
+    assert_allclose(n[post], 1.0, atol=1e-9)
+    assert_allclose(n, np.broadcast_to(edge[:, None], n.shape), atol=1e-9)  # linear background removed everywhere
+
+
+def test_principal_components_names_a_bad_mask():
+    e = np.arange(700.0, 730.0, 0.5)
+    od = xr.DataArray(np.random.default_rng(0).normal(size=(e.size, 4, 4)), dims=("energy", "y", "x"),
+                      coords={"energy": e})
+    with pytest.raises(ValueError, match=r"^mask\b"):
+        xanes.principal_components(od, mask=np.zeros((4, 4), bool))  # no pixel: needs at least 2
