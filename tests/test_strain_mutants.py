@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from chemomech import strain
 from chemomech.twin import stem4d
+from test_diskfind import _disk
 
 
 def test_numpy_scan_gets_pixel_index_coordinates_on_its_own_dims():
@@ -52,9 +54,6 @@ def test_centred_template_has_its_centre_of_mass_on_the_middle_pixel():
     # the disk template is Fourier-shifted so that its centre of mass sits on the middle pixel (the origin of
     # every fitted position); three shift iterations converge to ~3e-5 px (measured; ringing below zero is
     # clipped from the centre of mass), so 1e-4 px
-    from scipy import ndimage
-    from test_diskfind import _disk
-
     for off in ((0.3, -0.2), (-0.45, 0.4), (1.2, -0.7)):
         t = _disk((15, 15), (7 + off[0], 7 + off[1]), amp=1.0, bg=0.0)
         c = strain._centred(t)
