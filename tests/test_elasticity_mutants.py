@@ -106,3 +106,10 @@ def test_mesh_from_mask_says_how_to_fix_a_split_mask():
     m[:2, :2] = m[2:, 2:] = True
     with pytest.raises(ValueError, match="got 2 pieces; keep the largest with scipy.ndimage.label first"):
         el.mesh_from_mask(m)
+
+
+def test_non_finite_eigenstrain_is_refused_by_name():
+    # a NaN in the load would spread through the whole solution: refused, naming the field
+    prob = el.ElasticProblem(el.mesh_from_mask(np.ones((4, 5), bool)))
+    with pytest.raises(ValueError, match="eigenstrain has non-finite values on the mesh"):
+        prob.solve(lambda x, y: (np.nan * x, 0 * x, 0 * x))

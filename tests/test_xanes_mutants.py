@@ -102,3 +102,16 @@ def test_principal_components_names_a_bad_mask():
                       coords={"energy": e})
     with pytest.raises(ValueError, match=r"^mask\b"):
         xanes.principal_components(od, mask=np.zeros((4, 4), bool))  # no pixel: needs at least 2
+
+
+def test_cluster_spectra_results_carry_units_and_names():
+    # API contract (shared/api.md): every result variable has attrs units and long_name (the input's energy
+    # coordinate is carried through as given)
+    e = np.arange(700.0, 730.0, 0.5)
+    refs = xanes.reference_spectra(e)
+    x = np.random.default_rng(1).uniform(0, 1, (6, 6))
+    od = xr.DataArray(refs.LFP.values[:, None, None] * x * 50 + refs.FP.values[:, None, None] * (1 - x) * 50,
+                      dims=("energy", "y", "x"), coords={"energy": e})
+    c = xanes.cluster_spectra(od, mask=np.ones((6, 6), bool), n_clusters=2, rng=0)
+    for name, var in c.data_vars.items():
+        assert "units" in var.attrs and var.attrs.get("long_name"), name
