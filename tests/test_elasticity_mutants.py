@@ -78,6 +78,12 @@ def test_isotropic_plane_stress_by_hand():
     assert_allclose(q, [[e / (1 - nu**2), nu * e / (1 - nu**2), 0.0],
                         [nu * e / (1 - nu**2), e / (1 - nu**2), 0.0],
                         [0.0, 0.0, e / (2 * (1 + nu))]], rtol=1e-12)
+    # the bounds of an isotropic solid, -1 < nu < 1/2, are open: at -1 the shear modulus is infinite (and
+    # 1 - nu^2 = 0), at 1/2 the solid is incompressible
+    for bad in (-1.0, 0.5):
+        with pytest.raises(ValueError, match="poisson"):
+            el.isotropic_plane_stress(e, bad)
+    assert np.isfinite(el.isotropic_plane_stress(e, -0.99)).all()
 
 
 def test_mean_edge_length_of_a_pixel_mesh_is_the_pixel_size():

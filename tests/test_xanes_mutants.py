@@ -96,6 +96,16 @@ def test_normalise_edge_with_a_sloped_pre_edge_line():
     assert_allclose(n, np.broadcast_to(edge[:, None], n.shape), atol=1e-9)  # linear background removed everywhere
 
 
+def test_principal_components_results_carry_units():
+    # API contract (shared/api.md): result variables carry attrs units and long_name
+    e = np.arange(700.0, 730.0, 0.5)
+    od = xr.DataArray(np.random.default_rng(0).normal(size=(e.size, 5, 5)), dims=("energy", "y", "x"),
+                      coords={"energy": e})
+    pca = xanes.principal_components(od, mask=np.ones((5, 5), bool), n_components=3)
+    for name, var in pca.data_vars.items():
+        assert "units" in var.attrs and var.attrs.get("long_name"), name
+
+
 def test_principal_components_names_a_bad_mask():
     e = np.arange(700.0, 730.0, 0.5)
     od = xr.DataArray(np.random.default_rng(0).normal(size=(e.size, 4, 4)), dims=("energy", "y", "x"),
