@@ -109,7 +109,9 @@ def test_slope_results_carry_units_and_names():
     for ds in (learning.naive_regression(s, x), learning.simex(s, x, sigma_X=0.05, n_sim=2, rng=0)):
         for v in ("slope", "intercept", "slope_se"):
             assert ds[v].attrs["units"] == "1" and ds[v].attrs["long_name"], v
+            assert ds[v].dims == ("component",)
         assert ds.component.values.tolist() == ["aa", "cc"]
+        assert ds.slope.sel(component="aa").item() == ds.slope.values[0]  # an indexed coordinate
 
 
 def test_predict_strain_warning_names_the_particle_of_the_strain():
@@ -125,6 +127,11 @@ def test_predict_strain_warning_names_the_particle_of_the_strain():
     with pytest.warns(learning.DataWarning, match=r"mask \(P7\): 1 of"):
         pred = model.predict_strain(X, mask, strain=s)
     assert np.isnan(pred.exx.values[7, 7]) and np.isfinite(pred.exx.values[mask & (yy != 7)]).all()
+    # the prediction sits on the map's own (physical) grid
+    Xc = X.assign_coords(y=np.arange(16) * 2.5, x=np.arange(16) * 2.5 + 10.0)
+    pred = model.predict_strain(Xc, mask)
+    np.testing.assert_array_equal(pred.x.values, Xc.x.values)
+    np.testing.assert_array_equal(pred.y.values, Xc.y.values)
 
 
 def test_law_evaluation_refuses_a_non_finite_composition_by_name():
@@ -134,3 +141,9 @@ def test_law_evaluation_refuses_a_non_finite_composition_by_name():
             evaluate([0.2, np.nan])
         with pytest.raises(ValueError, match=r"X must lie in \[0, 1\]"):
             evaluate([0.2, 1.2])
+
+
+def test_naive_regression_names_a_bad_x():
+    s = xr.Dataset({v: (("y", "x"), np.zeros((4, 5))) for v in ("exx", "eyy", "exy")})
+    with pytest.raises(ValueError, match=r"^X\b"):
+        learning.naive_regression(s, xr.DataArray(np.full((4, 5), np.nan), dims=("y", "x")))

@@ -86,3 +86,14 @@ def test_a_dataarray_with_swapped_axes_is_refused_by_name():
     assert registration.particle_mask(xr.DataArray(img, dims=("y", "x"))).sum() > 100
     with pytest.raises(ValueError, match=r"^image\b.*dims"):
         registration.particle_mask(xr.DataArray(img.T, dims=("x", "y")))
+
+
+def test_warp_of_a_dataarray_is_on_the_fixed_grid():
+    xr = pytest.importorskip("xarray")
+    fixed = xr.DataArray(np.zeros((9, 10)), dims=("y", "x"), coords={"y": np.arange(9) * 2.0, "x": np.arange(10) * 2.0})
+    moving = xr.DataArray(np.arange(120.0).reshape(10, 12), dims=("y", "x"))
+    reg = registration.Registration.from_matrix([[1, 0, 0.5], [0, 1, 1], [0, 0, 1]], fixed, moving)
+    out = reg.warp(moving)
+    assert out.dims == ("y", "x") and out.shape == (9, 10)
+    np.testing.assert_array_equal(out.x.values, fixed.x.values)
+    assert out.values[0, 0] == pytest.approx(0.5 * 12 + 1)  # bilinear at moving (row 0.5, col 1)
