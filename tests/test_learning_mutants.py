@@ -147,3 +147,21 @@ def test_naive_regression_names_a_bad_x():
     s = xr.Dataset({v: (("y", "x"), np.zeros((4, 5))) for v in ("exx", "eyy", "exy")})
     with pytest.raises(ValueError, match=r"^X\b"):
         learning.naive_regression(s, xr.DataArray(np.full((4, 5), np.nan), dims=("y", "x")))
+
+
+def test_residual_rms_by_hand_inside_and_outside_a_disk():
+    # RMS over exx, eyy, exy of the masked pixels; a disk of radius 6 nm around (0, 0) holds the three pixels
+    # at distance 0 and 5 nm: inside, exx = 3e-3 on two of them, the rest 0 -> sqrt(2 * 9e-6 / 9)
+    ex = np.zeros((2, 3))
+    ex[0, 0] = ex[0, 1] = 3e-3  # inside the disk
+    ex[1, 2] = 4e-3  # outside (at 11.2 nm), masked out below
+    r = xr.Dataset({v: (("y", "x"), ex if v == "exx" else np.zeros((2, 3))) for v in ("exx", "eyy", "exy")},
+                   coords={"y": [0.0, 5.0], "x": [0.0, 5.0, 10.0]})
+    m = np.ones((2, 3), bool)
+    m[1, 2] = False
+    r["mask"] = (("y", "x"), m)
+    inside = learning.residual_rms(r, center_nm=(0.0, 0.0), radius_nm=6.0, inside=True)
+    assert inside == pytest.approx(np.sqrt(2 * 9e-6 / 9), rel=1e-12)
+    outside = learning.residual_rms(r, center_nm=(0.0, 0.0), radius_nm=6.0)
+    assert outside == pytest.approx(0.0, abs=1e-15)  # the 4e-3 pixel is outside the mask
+    assert learning.residual_rms(r) == pytest.approx(np.sqrt(2 * 9e-6 / 15), rel=1e-12)

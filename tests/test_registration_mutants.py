@@ -75,6 +75,8 @@ def test_metric_profile_peaks_where_the_moving_image_is_realigned():
     assert along_y["correlation"].values.max() < 0.99  # shifting along y does not undo an x shift
     with pytest.raises(ValueError, match="shifts_px"):
         registration.metric_profile(fixed, moving, reg, shifts_px=[[1.0, 2.0]])
+    with pytest.raises(ValueError, match="axis"):
+        registration.metric_profile(fixed, moving, reg, shifts_px=shifts, axis="z")
 
 
 def test_a_dataarray_with_swapped_axes_is_refused_by_name():
