@@ -327,13 +327,21 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f} %"
 
 
-def score(results: list[Path], triage: Path | None) -> str:
+def _read(paths: list[Path]) -> dict:
     rows = {}
-    for path in results:
+    for path in paths:
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
                 rows[r["mutant"]] = r  # a later line (a re-run) replaces an earlier one
+    return rows
+
+
+def score(results: list[Path], triage: Path | None, after: list[Path] | None = None) -> str:
+    """The results table; with `after` (re-runs of the survivors against the new tests) a survivor counts as
+    killed by a new test only when that re-run killed it, and disagreements with the triage file are listed."""
+    rows = _read(results)
+    rerun = _read(after) if after else None
     tri = {}
     if triage:
         for line in triage.read_text().splitlines():
@@ -354,8 +362,12 @@ def score(results: list[Path], triage: Path | None) -> str:
         k = c["killed"] + c["timeout"]
         n = k + c["survived"] + c["no tests"]
         surv = [r["mutant"] for r in rs if r["verdict"] in SURVIVED]
-        newk = sum(tri.get(s) == "killed" for s in surv)
-        eq = sum(tri.get(s) == "equivalent" for s in surv)
+        if rerun is None:
+            newk = sum(tri.get(s) == "killed" for s in surv)
+        else:
+            newk = sum(s in rerun and rerun[s]["verdict"] in KILLED for s in surv)
+        eq = sum(tri.get(s) == "equivalent" and not (rerun and s in rerun and rerun[s]["verdict"] in KILLED)
+                 for s in surv)
         k2, n2 = k + newk, n - eq
         before.append((counts[m], k, n))
         after.append((counts[m], k2, n2))
@@ -375,6 +387,13 @@ def score(results: list[Path], triage: Path | None) -> str:
                  f"**{_pct(p)}** ({_pct(lo)}–{_pct(hi)}) | {tot['new']} | {tot['eq']} | "
                  f"**{_pct(p2)}** ({_pct(lo2)}–{_pct(hi2)}) |")
     lines.append(f"\nKish effective sample size of the weighted score: {neff:.0f} (raw), {neff2:.0f} (after triage).")
+    if rerun is not None:
+        for s_, r in sorted(rows.items()):
+            if r["verdict"] not in SURVIVED:
+                continue
+            got = rerun.get(s_, {}).get("verdict", "not re-run")
+            if (tri.get(s_) == "killed") != (got in KILLED):
+                lines.append(f"- triage says {tri.get(s_)!r}, re-run says {got!r}: {s_}")
     untriaged = [s for s, r in rows.items() if r["verdict"] in SURVIVED and s not in tri]
     if triage and untriaged:
         lines.append(f"\n{len(untriaged)} survivors not in the triage file: " + ", ".join(sorted(untriaged)))
@@ -401,8 +420,9 @@ def main(argv: list[str]) -> None:
     s = sub.add_parser("score")
     s.add_argument("results", type=Path, nargs="+")
     s.add_argument("--triage", type=Path)
+    s.add_argument("--after", type=Path, nargs="+", help="re-runs of the survivors against the new tests")
     a = ap.parse_args(argv)
-    for key in ("out", "only", "results", "triage"):  # user paths are relative to where the command runs
+    for key in ("out", "only", "results", "triage", "after"):  # user paths are relative to where the command runs
         v = getattr(a, key, None)
         if isinstance(v, list):
             setattr(a, key, [p.resolve() for p in v])
@@ -427,7 +447,7 @@ def main(argv: list[str]) -> None:
             names = [names[i] for i in np.random.default_rng(a.seed).permutation(len(names))]
         run(names, a.out, a.jobs, a.tag, a.tests)
     else:
-        print(score(a.results, a.triage))
+        print(score(a.results, a.triage, a.after))
 
 
 if __name__ == "__main__":
