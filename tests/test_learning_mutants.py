@@ -112,6 +112,7 @@ def test_slope_results_carry_units_and_names():
             assert ds[v].dims == ("component",)
         assert ds.component.values.tolist() == ["aa", "cc"]
         assert ds.slope.sel(component="aa").item() == ds.slope.values[0]  # an indexed coordinate
+        assert ds.attrs["method"] and ds.attrs["n_pixels"] == 600
 
 
 def test_predict_strain_warning_names_the_particle_of_the_strain():

@@ -99,3 +99,11 @@ def test_warp_of_a_dataarray_is_on_the_fixed_grid():
     assert out.dims == ("y", "x") and out.shape == (9, 10)
     np.testing.assert_array_equal(out.x.values, fixed.x.values)
     assert out.values[0, 0] == pytest.approx(0.5 * 12 + 1)  # bilinear at moving (row 0.5, col 1)
+
+
+def test_a_complex_image_is_refused_not_silently_made_real():
+    # a ptychographic object is complex: registering it needs a real view (amplitude, phase or OD) chosen by
+    # the caller; casting would silently drop the phase
+    img = np.exp(1j * np.random.default_rng(0).normal(size=(20, 20)))
+    with pytest.raises(TypeError, match="image must hold numbers"):
+        registration.particle_mask(img)

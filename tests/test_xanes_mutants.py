@@ -104,6 +104,9 @@ def test_principal_components_results_carry_units():
     pca = xanes.principal_components(od, mask=np.ones((5, 5), bool), n_components=3)
     for name, var in pca.data_vars.items():
         assert "units" in var.attrs and var.attrs.get("long_name"), name
+    assert set(pca.data_vars) == {"explained_variance_ratio", "singular_value"}  # the documented names
+    sv = pca["singular_value"].values
+    assert sv.shape == (3,) and np.all(np.diff(sv) <= 0) and sv[-1] > 0
 
 
 def test_principal_components_names_a_bad_mask():
