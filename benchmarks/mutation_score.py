@@ -342,12 +342,12 @@ def score(results: list[Path], triage: Path | None, after: list[Path] | None = N
     killed by a new test only when that re-run killed it, and disagreements with the triage file are listed."""
     rows = _read(results)
     rerun = _read(after) if after else None
-    tri = {}
+    tri, klass = {}, {}
     if triage:
         for line in triage.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                name, status, *_ = line.split("\t")
-                tri[name] = status
+                name, status, cls, *_ = line.split("\t")
+                tri[name], klass[name] = status, cls
     counts = {m: len(all_names(m)) for m in MODULES}
     head = ("| module | mutants | sampled | killed | timeout | survived | no tests | error | raw score (95 % CI) "
             "| killed by new tests | equivalent | after triage (95 % CI) |")
@@ -394,6 +394,17 @@ def score(results: list[Path], triage: Path | None, after: list[Path] | None = N
             got = rerun.get(s_, {}).get("verdict", "not re-run")
             if (tri.get(s_) == "killed") != (got in KILLED):
                 lines.append(f"- triage says {tri.get(s_)!r}, re-run says {got!r}: {s_}")
+    if tri:
+        tally = defaultdict(int)
+        for s_, r in rows.items():
+            if r["verdict"] in SURVIVED:
+                got = tri.get(s_, "untriaged")
+                if rerun is not None:
+                    got = "killed" if rerun.get(s_, {}).get("verdict") in KILLED else (
+                        "survived" if got == "killed" else got)
+                tally[(got, klass.get(s_, "-"))] += 1
+        lines.append("\nSurvivors of the sample by outcome and class: " + "; ".join(
+            f"{st} / {cl}: {n}" for (st, cl), n in sorted(tally.items())))
     untriaged = [s for s, r in rows.items() if r["verdict"] in SURVIVED and s not in tri]
     if triage and untriaged:
         lines.append(f"\n{len(untriaged)} survivors not in the triage file: " + ", ".join(sorted(untriaged)))
