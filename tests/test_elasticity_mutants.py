@@ -119,3 +119,10 @@ def test_non_finite_eigenstrain_is_refused_by_name():
     prob = el.ElasticProblem(el.mesh_from_mask(np.ones((4, 5), bool)))
     with pytest.raises(ValueError, match="eigenstrain has non-finite values on the mesh"):
         prob.solve(lambda x, y: (np.nan * x, 0 * x, 0 * x))
+
+
+def test_to_image_on_a_triangle_mesh_says_what_to_use_instead():
+    mesh = el.mesh_star_domain(lambda phi: np.ones_like(phi), nrefs=1)
+    sol = el.ElasticProblem(mesh).solve(lambda x, y: (0.01 + 0 * x, 0 * x, 0 * x))
+    with pytest.raises(TypeError, match=r"to_image needs a problem built on a PixelMesh; use sample\(y, x\)"):
+        sol.to_image()
