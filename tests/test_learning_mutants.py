@@ -166,3 +166,15 @@ def test_residual_rms_by_hand_inside_and_outside_a_disk():
     outside = learning.residual_rms(r, center_nm=(0.0, 0.0), radius_nm=6.0)
     assert outside == pytest.approx(0.0, abs=1e-15)  # the 4e-3 pixel is outside the mask
     assert learning.residual_rms(r) == pytest.approx(np.sqrt(2 * 9e-6 / 15), rel=1e-12)
+
+
+def test_fit_refuses_a_strain_grid_turned_from_the_crystal_and_names_which():
+    # the model needs the grid's x axis along a: a strain map still at its image angle is refused, naming the
+    # map (by index when there are several) and the fix
+    s = xr.Dataset({v: (("y", "x"), np.zeros((6, 6))) for v in ("exx", "eyy", "exy")})
+    turned = s.assign_attrs(crystal_angle_rad=0.3)
+    X = xr.DataArray(np.full((6, 6), 0.5), dims=("y", "x"))
+    with pytest.raises(ValueError, match=r"^strain lies on a grid turned by crystal_angle_rad = 0\.3 rad.*to_crystal"):
+        learning.fit_eigenstrain(turned, X)
+    with pytest.raises(ValueError, match=r"^strain\[1\] lies on a grid turned"):
+        learning.fit_eigenstrain([s, turned], [X, X])
