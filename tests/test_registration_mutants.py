@@ -42,7 +42,8 @@ def test_mask_pairs_with_an_implausible_physical_area_ratio_are_tried_last():
 def test_particle_mask_of_a_flat_image_says_no_particle_was_found():
     # a constant-plus-noise field has no particle on either side of any threshold: refused with a hint
     img = np.random.default_rng(0).normal(10.0, 0.1, (40, 40))
-    with pytest.raises(ValueError, match=r"no particle found.*pass a mask \(fixed_mask=/moving_mask=\)"):
+    with pytest.raises(ValueError, match=r"no particle found.*pass a mask \(fixed_mask=/moving_mask=\) or a larger "
+                                         r"field of view$"):
         registration.particle_mask(img)
 
 
@@ -52,8 +53,13 @@ def test_registration_image_keeps_the_long_name_of_a_dataarray():
                        attrs={"units": "1", "long_name": "Li fraction"})
     inside = np.zeros((10, 12), bool)
     inside[2:8, 2:10] = True
-    out, _ = registration.registration_image(img, inside)
+    out, m = registration.registration_image(img, inside)
     assert out.attrs == {"units": "1", "long_name": "Li fraction"}
+    # the returned mask is the given one (one solid piece here); outside it the image is set below the
+    # particle's range (1st percentile - half the 1-99 % range), inside it is unchanged
+    np.testing.assert_array_equal(m, inside)
+    np.testing.assert_array_equal(out.values[inside], img.values[inside])
+    assert np.all(out.values[~inside] < img.values[inside].min())
     out, _ = registration.registration_image(img, inside, long_name="registration view")
     assert out.attrs["long_name"] == "registration view"
 
