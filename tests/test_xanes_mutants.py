@@ -128,3 +128,17 @@ def test_cluster_spectra_results_carry_units_and_names():
     c = xanes.cluster_spectra(od, mask=np.ones((6, 6), bool), n_clusters=2, rng=0)
     for name, var in c.data_vars.items():
         assert "units" in var.attrs and var.attrs.get("long_name"), name
+
+
+def test_fit_components_maps_are_on_the_pixel_grid():
+    e = np.arange(700.0, 730.0, 0.5)
+    refs = xanes.reference_spectra()
+    mu = refs.interp(energy=e)
+    a = np.linspace(10.0, 70.0, 12).reshape(3, 4)
+    od = xr.DataArray(mu.LFP.values[:, None, None] * a + mu.FP.values[:, None, None] * (80.0 - a),
+                      dims=("energy", "y", "x"),
+                      coords={"energy": e, "y": [0.0, 5.0, 10.0], "x": [0.0, 5.0, 10.0, 15.0]})
+    fit = xanes.fit_components(od, refs)
+    for k in ("fraction_LFP", "fraction_FP", "total"):
+        assert fit[k].dims == ("y", "x"), k
+    np.testing.assert_allclose(fit["fraction_LFP"].values, a / 80.0, atol=1e-6)  # exact mixtures, noise-free
