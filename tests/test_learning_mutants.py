@@ -62,8 +62,8 @@ def test_smoothness_penalty_is_the_integral_of_the_squared_second_derivative():
     # (Gauss-Legendre, exact for these polynomials) a 101-point rule may be off by at most the trapezoid
     # rule's leading Euler-Maclaurin term h^2/12 [f'(1) - f'(0)] (f = phi_i'' phi_j''), plus 10 %
     h = 0.01
-    for degree in (3, 4, 5):
-        got = learning._penalty(degree, 2.0, 3.0)
+    for degree, smooth in ((3, 2.0), (4, 0.5), (5, 2.0)):  # any positive smoothness scales the penalty
+        got = learning._penalty(degree, smooth, 3.0)
         xg, wg = np.polynomial.legendre.leggauss(40)
         xg, wg = (xg + 1) / 2, wg / 2
         b2 = learning.legendre_basis(xg, degree, derivative=2)
@@ -72,7 +72,7 @@ def test_smoothness_penalty_is_the_integral_of_the_squared_second_derivative():
         e2, e3 = (learning.legendre_basis(ends, degree, derivative=k) for k in (2, 3))
         fprime = e3[:, :, None] * e2[:, None, :] + e2[:, :, None] * e3[:, None, :]
         bound = 1.1 * h**2 / 12 * np.abs(fprime[1] - fprime[0]) + 1e-12 * np.abs(exact).max()
-        one = got[:degree, :degree] / 6.0
+        one = got[:degree, :degree] / (smooth * 3.0)
         assert np.all(np.abs(one - exact) <= bound)
         np.testing.assert_array_equal(got[degree:, degree:], got[:degree, :degree])  # same for both components
         assert not got[:degree, degree:].any()

@@ -142,3 +142,10 @@ def test_fit_components_maps_are_on_the_pixel_grid():
     for k in ("fraction_LFP", "fraction_FP", "total"):
         assert fit[k].dims == ("y", "x"), k
     np.testing.assert_allclose(fit["fraction_LFP"].values, a / 80.0, atol=1e-6)  # exact mixtures, noise-free
+
+
+def test_reference_spectra_names_a_bad_energy_grid():
+    with pytest.raises(ValueError, match=r"^energy\b"):
+        xanes.reference_spectra([[700.0, 701.0]])
+    with pytest.raises(ValueError, match=r"^energy\b"):
+        xanes.reference_spectra([700.0, np.nan])
