@@ -105,6 +105,9 @@ def test_warp_of_a_dataarray_is_on_the_fixed_grid():
     assert out.dims == ("y", "x") and out.shape == (9, 10)
     np.testing.assert_array_equal(out.x.values, fixed.x.values)
     assert out.values[0, 0] == pytest.approx(0.5 * 12 + 1)  # bilinear at moving (row 0.5, col 1)
+    # a fixed image without physical coordinates: still a (y, x) DataArray (on pixel indices)
+    reg = registration.Registration.from_matrix([[1, 0, 0.5], [0, 1, 1], [0, 0, 1]], np.zeros((9, 10)), moving)
+    assert reg.warp(moving).dims == ("y", "x")
 
 
 def test_a_complex_image_is_refused_not_silently_made_real():
