@@ -81,3 +81,53 @@ def test_pad_too_small_raises():
     img = np.zeros((1, 30, 30), np.float32)
     with pytest.raises(ValueError, match="pad"):
         loc.locate(img, np.array([0]), np.array([[15.0, 15.0]]), 2, np.array([26, 26]), search=3)
+
+
+def _sampled_profile(rng, n=400, step=0.1):
+    """Pixel value against the distance of the pixel centre from the disk centre, over random sub-pixel centres."""
+    r_all, v_all = [], []
+    for c in rng.uniform(-0.5, 0.5, (n, 2)) + 6.0:
+        img = _disk((13, 13), c, amp=1.0, bg=0.0)
+        r_all.append(np.hypot(*(np.mgrid[:13, :13] - c[:, None, None])).ravel())
+        v_all.append(img.ravel())
+    r_all, v_all = np.concatenate(r_all), np.concatenate(v_all)
+    b = (r_all / step).astype(int)
+    cnt = np.bincount(b)
+    ok = cnt > 0
+    return (np.flatnonzero(ok) + 0.5) * step, np.bincount(b, weights=v_all)[ok] / cnt[ok]
+
+
+def _edge_locators(profile):
+    loc = _diskfind.Locator(_template(), content_order=2, background_order=1, support_radius=RADIUS_PX + 2.5,
+                            radius=RADIUS_PX, prior_levels=False, profile=profile)
+    # weighted: shot noise only (gain 1 count per count, no misfit)
+    return loc.with_prior(0.05, RADIUS_PX), loc.with_prior(0.05, RADIUS_PX, misfit=(1.0, np.zeros(1)))
+
+
+def test_weighted_step_is_more_precise_on_shot_noise():
+    rng = np.random.default_rng(3)
+    plain, weighted = _edge_locators(_sampled_profile(rng))
+    centres = rng.uniform(-0.5, 0.5, size=(400, 2)) + [16.0, 18.0]
+    imgs = np.stack([rng.poisson(_disk((32, 36), c, amp=100.0, bg=1.0)) for c in centres]).astype(np.float32)
+    pad = 16
+    padded = np.pad(imgs, ((0, 0), (pad, pad), (pad, pad)))
+    guess = np.tile([16.0, 18.0], (400, 1))
+    rms, perr = {}, {}
+    for name, loc in (("plain", plain), ("weighted", weighted)):
+        pos, _, e = loc.locate(padded, np.arange(400), guess, pad, np.array([32, 36]), search=2, weight_snr=4.0)
+        rms[name] = float(np.sqrt(np.mean((pos - centres) ** 2)))
+        perr[name] = float(np.median(e))
+    # bright interior (~100 counts) and dark surroundings (~1 count): least squares weighs the noisy interior
+    # as much as the quiet edge toe; measured 0.029 vs 0.043 px (seed 3; the Cramer-Rao argument allows up to
+    # ~40 %). Require 15 %
+    assert rms["weighted"] < 0.85 * rms["plain"], rms
+    # the weighted fit's standard errors describe its scatter
+    assert perr["weighted"] == pytest.approx(rms["weighted"], rel=0.3), (perr, rms)
+
+
+def test_weighted_locator_rejects_a_bad_misfit_model():
+    plain, _ = _edge_locators(None)
+    with pytest.raises(ValueError, match="misfit"):
+        plain.with_prior(0.05, RADIUS_PX, misfit=(0.0, np.zeros(1)))
+    with pytest.raises(ValueError, match="misfit"):
+        _diskfind.Locator(_template()).with_prior(None, RADIUS_PX, misfit=(1.0, np.zeros(1)))

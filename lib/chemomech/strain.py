@@ -68,6 +68,12 @@ __all__ = ["measure_strain", "diagnostics", "virtual_images", "to_crystal_frame"
 
 _OPTIONS = ("method", "min_disks", "snr_min", "chunk", "progress", "upsample_factor")
 EDGE_SUPPORT_PX = 2.5  # the fine fit of method "fast" reaches this far beyond the disk edge, px
+#: bin width (px) of the direct-beam radial profile sampled for method "fast" (:func:`_profile_samples`), which
+#: is then smoothed over one bin: a tenth of a pixel, fine against the disk edge (about a pixel wide) while the
+#: ~100 template patterns put a few hundred pixel samples in each bin. Chosen on twin data other than the
+#: acceptance cases (dynamical wedges at seeds 1-6, P1 at seeds 1-2): 0.05 px let the noise of the bin means
+#: into the profile's slope (worse region medians), 0.25 px (unsmoothed) was similar to 0.1 px
+PROFILE_BIN_PX = 0.1
 FIT_SNR_MIN = 4.0  # a disk must also reach this amplitude SNR under the fitted (content) model
 MIN_SLOPE_PRIOR = 0.02  # floor of the estimated content-slope prior (relative change across a radius)
 _PRIOR_PAIRS = 32  # about this many pairs of neighbouring patterns estimate the content-slope prior
@@ -332,7 +338,7 @@ def _cleaned(block: np.ndarray, bad: np.ndarray | None) -> np.ndarray:
 
 
 def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
-    """Pass 2: direct beam position, SNR and central-disk counts per pattern (+ template accumulation)."""
+    """Pass 2: direct beam position, SNR and central-disk counts per pattern (+ template and profile sums)."""
     block = _cleaned(block, ctx.get("bad"))
     loc, half, pad = ctx["locator"], ctx["half"], ctx["pad"]
     box = 3 * half + 4  # only this neighbourhood of the expected direct beam is looked at
@@ -342,6 +348,7 @@ def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
     limit = hi - lo
     pos, snr, central = [], [], []
     acc = np.zeros((2 * half + 1, 2 * half + 1))
+    hist = np.zeros((2, int((half + 1) / PROFILE_BIN_PX) + 1))
     for s, sub in _sub_batches(block, ctx["chunk"]):
         m = len(sub)
         padded = _padded(sub[:, lo[0]:hi[0], lo[1]:hi[1]], pad)
@@ -353,8 +360,10 @@ def _pass_origin(block: np.ndarray, start: int, ctx: dict) -> tuple:
         if ctx["stride"]:
             g = np.arange(start + s, start + s + m)
             for j in np.flatnonzero((g % ctx["stride"] == 0) & (q > ctx["snr_min"]) & ~ctx["lost"][g]):
-                acc += _template_patch(sub[j], p[j] + lo, half)
-    return np.concatenate(pos), np.concatenate(snr), np.concatenate(central), acc
+                if ctx["template"]:
+                    acc += _template_patch(sub[j], p[j] + lo, half)
+                _profile_samples(sub[j], p[j] + lo, half, hist)
+    return np.concatenate(pos), np.concatenate(snr), np.concatenate(central), (acc, hist)
 
 
 def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
@@ -388,8 +397,9 @@ def _pass_fit(block: np.ndarray, start: int, ctx: dict) -> tuple:
                 new = ~inner if fits is not None else np.ones(len(h_s), bool)
                 g_new = guess[:, new].reshape(-1, 2)
                 idx = np.repeat(np.arange(m), new.sum())
+                # (disks below either threshold are not used below: they skip the weighted step)
                 p_new, s_new, e_new, f_new = loc.locate(padded, idx, g_new, pad, limit, search=search, cc=cc,
-                                                        fit_snr=True)
+                                                        fit_snr=True, weight_snr=min(ctx["snr_min"], FIT_SNR_MIN))
                 if near_bad is not None:  # disks whose window holds an excluded pixel: fitted without it
                     ij = np.clip(np.round(p_new).astype(int), 0, limit - 1)
                     hit = near_bad[ij[:, 0], ij[:, 1]]
@@ -470,6 +480,38 @@ def _template_patch(image: np.ndarray, centre: np.ndarray, half: int) -> np.ndar
     yy, xx = np.mgrid[-half:half + 1, -half:half + 1]
     taper = np.clip((half + 0.5 - np.hypot(yy, xx)) / 1.5, 0, 1)  # soft circular window
     return p * taper
+
+
+def _profile_samples(image: np.ndarray, centre: np.ndarray, half: int, hist: np.ndarray) -> None:
+    """Add the pixels around a disk at `centre` to the radial histogram `hist` (2, bins): sums and counts.
+
+    Each pixel value (background removed as in :func:`_template_patch`) is binned by the distance of its
+    centre from the disk centre, without resampling the image: over many disks at different sub-pixel
+    positions the histogram samples the disk's radial profile as the detector pixels integrate it.
+    """
+    c0 = np.round(centre).astype(int)
+    win = np.arange(-half - 1, half + 2)
+    pad = 2 * half + 4
+    p = np.pad(image, pad, mode="edge")[c0[0] + pad + win[:, None], c0[1] + pad + win[None, :]].astype(float)
+    p = p - np.median(np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]]))
+    rho = np.hypot(c0[0] + win[:, None] - centre[0], c0[1] + win[None, :] - centre[1]).ravel()
+    b = (rho / PROFILE_BIN_PX).astype(int)
+    ok = b < hist.shape[1]
+    hist[0] += np.bincount(b[ok], weights=p.ravel()[ok], minlength=hist.shape[1])
+    hist[1] += np.bincount(b[ok], minlength=hist.shape[1])
+
+
+def _radial_profile(hist: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Radial profile (r, value) from a histogram of :func:`_profile_samples`: bin means smoothed over one bin.
+
+    None when the disks sampled too few of the bins (bins with fewer than two samples are left out).
+    """
+    ok = hist[1] > 1
+    if ok.sum() < 0.9 * hist.shape[1] or not np.any(hist[0][ok] > 0):
+        return None  # too few disks to sample the profile at sub-pixel resolution
+    r = (np.flatnonzero(ok) + 0.5) * PROFILE_BIN_PX
+    v = ndimage.gaussian_filter1d(hist[0][ok] / hist[1][ok], 1.0, mode="nearest")
+    return r, v / v.max()
 
 
 def _centred(template: np.ndarray) -> np.ndarray:
@@ -594,7 +636,8 @@ def _symmetrised(template: np.ndarray) -> np.ndarray:
 
 
 def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior: float | None = None,
-                  curvature_ratio: float = 1.0, prior_levels: bool = True) -> _diskfind.Locator:
+                  curvature_ratio: float = 1.0, prior_levels: bool = True,
+                  profile: tuple[np.ndarray, np.ndarray] | None = None) -> _diskfind.Locator:
     """The content-robust locator of method "fast".
 
     Symmetric template times a quadratic content polynomial, plus a background plane, on a circular
@@ -606,14 +649,16 @@ def _edge_locator(template: np.ndarray, radius: float, g_min: float, slope_prior
     support = float(min(half, radius + EDGE_SUPPORT_PX, max(g_min - radius - NEIGHBOUR_GAP_PX, radius + 1.0)))
     return _diskfind.Locator(_symmetrised(template), content_order=2, background_order=1, support_radius=support,
                              slope_prior=slope_prior, radius=radius, curvature_ratio=curvature_ratio,
-                             prior_levels=prior_levels)
+                             prior_levels=prior_levels, profile=profile)
 
 
-def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> float:
-    """Empirical-Bayes widths of the content priors (linear, quadratic), each at least :data:`MIN_SLOPE_PRIOR`.
+def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, snr_min: float) -> tuple:
+    """Content-prior widths (linear, quadratic) and the pixel-variance model of the weighted step.
 
-    A width is the RMS relative change of the disk contents across one radius that the linear
-    (quadratic) terms make.
+    The widths are empirical-Bayes estimates, each at least :data:`MIN_SLOPE_PRIOR`; the variance model
+    ``(gain, kappa)`` (see :meth:`_diskfind.Locator.with_prior`) is None when not estimated. A width
+    is the RMS relative change of the disk contents across one radius that the linear (quadratic) terms
+    make.
 
     Free fits of the disks of about 32 pairs of neighbouring patterns (same row, adjacent columns) spread
     over the scan: disk contents change slowly from one scan position to the next, the noise does not, so
@@ -624,12 +669,12 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     lost = prep["flaws"]["lost"]
     ny, nx = prep["scan_shape"]
     if nx < 2:
-        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR, None
     first = np.arange(ny * nx).reshape(ny, nx)[:, :-1].ravel()
     first = first[np.linspace(0, len(first) - 1, min(len(first), _PRIOR_PAIRS)).astype(int)]
     first = first[~lost[first] & ~lost[first + 1]]
     if len(first) < 4:
-        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR, None
     idx = np.stack([first, first + 1], axis=1).ravel()
     pats = _cleaned(src.take(idx), prep["bad"])
     half, limit, radius = locator.half, prep["limit"], prep["radius"]
@@ -650,9 +695,28 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
     rel = (det["p"][:, 4:6] / np.maximum(det["p"][:, :1], 1e-12) * radius).reshape(-1, 2, d, 2)
     both = ok[:, 0] & ok[:, 1]  # (pairs, d)
     if both.sum() < 20:
-        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR
+        return MIN_SLOPE_PRIOR, MIN_SLOPE_PRIOR, None
     # the quadratic terms as the change they make across one radius
     quad = (det["p"][:, 6:9] / np.maximum(det["p"][:, :1], 1e-12) * radius**2).reshape(-1, 2, d, 3)
+
+    # pixel-variance model of the weighted step (Locator.with_prior): residuals of the same disk in the two
+    # patterns of a pair share the model misfit (disk contents change slowly across the scan) but not the
+    # shot noise, so the mean product of the pair's residuals (relative to the amplitudes) is the misfit
+    # variance per radial bin, and half their mean square difference the shot noise, whose ratio to the
+    # fitted mean is the gain (corrected for the fit's leverage, K of P support pixels)
+    res = det["residual"].reshape(-1, 2, d, det["residual"].shape[-1]).astype(float)
+    r0, r1 = res[:, 0][both], res[:, 1][both]  # (n, P)
+    mean = np.maximum(det["mean"], 0).reshape(res.shape).astype(float)
+    amp = np.maximum(det["p"][:, 0], 1e-12).reshape(-1, 2, d)
+    rbin = locator._rbin[det["table"]].reshape(res.shape)[:, 0][both]
+    n_bin = int(locator._rbin.max()) + 1
+    n_k, n_p = det["p"].shape[1], res.shape[-1]
+    prod = r0 * r1 / (amp[:, 0] * amp[:, 1])[both][:, None]
+    kappa = np.maximum(np.bincount(rbin.ravel(), weights=prod.ravel(), minlength=n_bin)
+                       / np.maximum(np.bincount(rbin.ravel(), minlength=n_bin), 1), 0.0)
+    shot = 0.5 * (mean[:, 0][both] + mean[:, 1][both]).sum() * (n_p - n_k) / n_p
+    gain = float(0.5 * ((r0 - r1) ** 2).sum() / max(shot, 1e-12))
+    misfit = (gain, kappa) if gain > 0 else None
 
     def width(pairs: np.ndarray) -> float:
         a, b = pairs[:, 0][both], pairs[:, 1][both]
@@ -661,7 +725,7 @@ def _content_slope_prior(src: _Source, prep: dict, locator: _diskfind.Locator, s
         total2 = np.median((0.5 * (a + b)) ** 2) / gauss  # the pair mean has noise variance noise2 / 2
         return float(max(np.sqrt(max(total2 - noise2 / 2, 0.0)), MIN_SLOPE_PRIOR))
 
-    return width(rel), width(quad)
+    return width(rel), width(quad), misfit
 
 
 # ----------------------------------------------------------------- main
@@ -710,12 +774,14 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
 
     # 2. direct beam in every pattern (pass 2, and pass 2' with the re-averaged template), descan plane
     ctx = {"locator": fitter, "guess": c_mean, "half": half, "pad": pad, "limit": limit, "chunk": chunk,
-           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS) if probe is None else 0, "bad": bad,
+           "snr_min": snr_min, "stride": max(1, n // _TEMPLATE_PATTERNS), "template": probe is None, "bad": bad,
            "lost": lost}
     res = src.map(_pass_origin, ctx, progress=progress, desc="direct beam")
     origin_obs, snr0 = np.concatenate([z[0] for z in res]), np.concatenate([z[1] for z in res])
     central = np.concatenate([z[2] for z in res])
-    acc = np.sum([z[3] for z in res], axis=0)
+    acc = np.sum([z[3][0] for z in res], axis=0)
+    # the sampled disk profile of the fine fit comes from the data's direct beams, with or without a probe image
+    profile = _radial_profile(np.sum([z[3][1] for z in res], axis=0))
     if probe is None and acc.max() > 0:  # re-average the central disk without the descan smear
         template = _centred(acc / acc.max())
         fitter = _diskfind.Locator(template)
@@ -777,7 +843,7 @@ def _prepare(src: _Source, scan_shape: tuple[int, int], probe, *, snr_min: float
     inner = gl <= 0.5 * gl.max()
     g_min = float(np.min(np.linalg.norm(g_ref0, axis=0)))
 
-    return {"fitter": fitter, "template": template, "half": half, "pad": pad, "limit": limit,
+    return {"fitter": fitter, "template": template, "profile": profile, "half": half, "pad": pad, "limit": limit,
             "g_ref0": g_ref0, "hk": hk, "inner": inner, "origin_fit": origin_fit, "origin_obs": origin_obs,
             "coef": coef, "direct_snr": snr0, "c_mean": c_mean, "radius": radius, "mean": mean,
             "lattice_peaks": pos_m[keep], "lattice_hk": hk_m, "lattice_origin": o_m[0], "block": block,
@@ -889,9 +955,12 @@ def measure_strain(datacube: object, *, reference: ArrayLike | None = None, prob
     # 4.-5. per-pattern disk positions and lattice fit (pass 3 over the data)
     locator, slope_prior, curvature_prior = prep["fitter"], None, None
     if method == "fast":
-        free = _edge_locator(template, radius, prep["g_min"], prior_levels=False)  # free content fits
-        slope_prior, curvature_prior = _content_slope_prior(src, prep, free, snr_min)
-        locator = free.with_prior(slope_prior, radius, curvature_prior / slope_prior)
+        free = _edge_locator(template, radius, prep["g_min"], prior_levels=False,  # free content fits
+                             profile=prep["profile"])
+        slope_prior, curvature_prior, misfit = _content_slope_prior(src, prep, free, snr_min)
+        # weighted final step only with the sampled profile (Fourier-shifted templates ring in the tails)
+        locator = free.with_prior(slope_prior, radius, curvature_prior / slope_prior,
+                                  misfit=misfit if prep["profile"] is not None else None)
     ctx = {"locator": locator, "limit": prep["limit"], "half": half,
            "hk": prep["hk"], "inner": prep["inner"], "g_ref0": g_ref0, "capture": prep["capture"],
            "g_min": prep["g_min"], "coef": prep["coef"], "nx": nx, "chunk": chunk, "method": method,
