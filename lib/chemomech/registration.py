@@ -9,7 +9,8 @@ positions in four steps:
 
 1. particle masks (given, or :func:`particle_mask`: the background modelled
    from the image border, candidate foregrounds on either side of it at
-   several thresholds, closed, hole-filled and scored for plausibility — real
+   several thresholds, closed, hole-filled, cut at narrow necks to a neighbour
+   and scored for plausibility — real
    images have three or more levels: background, film, textured particle,
    diffraction blobs);
 2. initial guesses in two families, each over ``n_angles`` rotations and the
@@ -25,7 +26,9 @@ positions in four steps:
    each family are refined with a coarse registration (affine for moments
    guesses, similarity for similarity guesses) and the best final MI wins;
 4. multi-resolution refinement, similarity then affine, with SimpleITK's
-   Mattes MI metric sampled inside the (dilated) fixed particle mask, on
+   Mattes MI metric (histogram bins by Sturges' rule on the number of samples:
+   a fixed 32 bins over a few thousand pixels biases the optimum towards
+   texture only one modality has) sampled inside the (dilated) fixed particle mask, on
    *content shared by both modalities*: with automatic masks each image is
    mapped from background (0) to particle level (1) and clipped, so that
    diffraction contrast (brighter than the particle in dark field) saturates
