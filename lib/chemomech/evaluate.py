@@ -20,7 +20,8 @@ from . import _validate, geometry, registration, twin
 from .learning import EigenstrainModel, residual_rms
 from .twin import pair
 
-__all__ = ["error_table", "heldout_test", "registration_tre", "rms_error", "slope_table", "tre_trials"]
+__all__ = ["dynamical_dark_field", "error_table", "heldout_test", "registration_tre", "rms_error", "slope_table",
+           "tre_trials"]
 
 
 def _values(a) -> np.ndarray:
@@ -124,8 +125,43 @@ def registration_tre(estimate: registration.Registration, truth: registration.Re
     return np.hypot(*(back - pts).T)
 
 
-def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, df_images=None,
-               **register_options) -> pd.DataFrame:
+def _trial_particle(k: int):
+    """The twin particle of trial case ``k`` (seed ``100 + k``, batches in turn)."""
+    return twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
+
+
+def dynamical_dark_field(k: int, *, scan_shape: tuple[int, int] = (64, 64)) -> xr.DataArray:
+    """Annular virtual dark field of trial case ``k``'s particle from the dynamical 4D-STEM twin.
+
+    The particle of case ``k`` of :func:`tre_trials` is scanned by
+    :func:`chemomech.twin.stem4d.simulate_particle` with ``disks="dynamical"``
+    (bend contours and thickness fringes from the multislice disk library) and
+    the annular virtual detector of :func:`chemomech.strain.virtual_images` is
+    applied; the result is on particle-frame ``("y", "x")`` coordinates (nm),
+    ready for ``df_image=`` of :func:`chemomech.twin.pair.simulate_realistic_pair`.
+    Takes ~5-25 s per particle on one core (64 x 64 scan).
+
+    Parameters
+    ----------
+    k : int
+        Trial case (particle seed ``100 + k``, noise seed ``k``).
+    scan_shape : (int, int)
+        4D-STEM scan positions.
+
+    Returns
+    -------
+    xarray.DataArray
+    """
+    from .strain import virtual_images
+    from .twin import stem4d
+
+    ds = stem4d.simulate_particle(_trial_particle(int(k)), scan_shape=scan_shape, disks="dynamical", rng=int(k))
+    v = virtual_images(ds.datacube, radius_px=float(ds.attrs["disk_radius_px"]))
+    return v.dark_field.assign_coords(y=ds.y, x=ds.x).load()
+
+
+def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, dark_field: str = "stand-in",
+               df_images=None, first_case: int = 0, progress: bool = False, **register_options) -> pd.DataFrame:
     """Register ``n_cases`` random simulated pairs and tabulate the target registration error.
 
     Registers pairs from :func:`chemomech.twin.pair.simulate_pair` (idealised) or
@@ -136,6 +172,8 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
     turn), the geometry :func:`chemomech.twin.pair.random_pair_parameters` ``(seed + k)`` and noise
     seed ``k``. The TRE is evaluated at every pixel of the fixed particle mask
     (for realistic pairs the *true* mask, so that a wrong mask cannot hide errors).
+    The acceptance cases are ``0 .. n_cases - 1``; ``first_case`` runs others
+    (e.g. 20-39, to choose settings on seeds disjoint from the acceptance ones).
 
     Parameters
     ----------
@@ -145,10 +183,21 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
         Seed of the first case's geometry.
     realistic : bool
         Real-looking pairs instead of idealised ones.
+    dark_field : {"stand-in", "dynamical"}
+        Realistic pairs only: the particle's dark-field signal is the drawn stand-in
+        texture of :func:`chemomech.twin.pair.simulate_realistic_pair` (a harder
+        stress case: strong blobs and a broken rim), or the annular virtual dark
+        field of the dynamical 4D-STEM twin (:func:`dynamical_dark_field`, ~5-25 s
+        per case).
     df_images : sequence of xarray.DataArray, optional
-        Realistic pairs only: ``df_images[k]`` replaces the stand-in dark-field texture of
-        case ``k`` (``df_image=`` of :func:`chemomech.twin.pair.simulate_realistic_pair`),
-        e.g. virtual dark-field images of the dynamical 4D-STEM twin of the same particles.
+        Realistic pairs only, with ``dark_field="stand-in"``: ``df_images[i]`` replaces the
+        stand-in texture of the ``i``-th case run (``df_image=`` of
+        :func:`chemomech.twin.pair.simulate_realistic_pair`), e.g. precomputed
+        :func:`dynamical_dark_field` images.
+    first_case : int
+        Index of the first case.
+    progress : bool
+        Show a progress bar.
     **register_options
         Passed to :func:`chemomech.registration.register`.
 
@@ -156,28 +205,43 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
     -------
     pandas.DataFrame
         One row per case: ``contrast, mirror, rotation_deg, scale, shear,
-        tre_mean_px, tre_max_px, dice, seconds``; realistic pairs add
+        tre_mean_px, tre_max_px, dice, seconds, cpu_seconds`` (wall and CPU time of
+        ``register``); realistic pairs add
         ``dice_truth`` (Dice of the true masks under the estimate) and ``error``
         (the message of a :class:`~chemomech.registration.RegistrationError`, else "").
+        ``attrs["dark_field"]`` says which dark field realistic pairs used.
+
+    Examples
+    --------
+    >>> t = tre_trials(1)
+    >>> bool(t.tre_mean_px.iloc[0] < 1.0)
+    True
     """
-    if df_images is not None and (not realistic or len(df_images) < n_cases):
-        raise ValueError("df_images needs realistic=True and one image per case "
+    from tqdm.auto import tqdm
+
+    _validate.choice(dark_field, ("stand-in", "dynamical"), name="dark_field")
+    if df_images is not None and (not realistic or len(df_images) < n_cases or dark_field != "stand-in"):
+        raise ValueError("df_images needs realistic=True, dark_field='stand-in' and one image per case "
                          f"(got {len(df_images)} for {n_cases} cases)")
+    if dark_field == "dynamical" and not realistic:
+        raise ValueError("dark_field='dynamical' needs realistic=True")
+    cases = range(int(first_case), int(first_case) + int(n_cases))
     rows = []
-    for k in range(int(n_cases)):
-        p = twin.make_particle(f"case{k}", batch=("biphasic", "li_rich", "li_poor")[k % 3], seed=100 + k)
+    for i, k in enumerate(tqdm(cases, desc="registration trials", disable=not progress)):
+        p = _trial_particle(k)
         if realistic:
             par = pair.random_pair_parameters(seed + k, max_rotation_rad=np.pi)
             par["contrast"] = "dark_field_inverted"
+            df_image = (dynamical_dark_field(k) if dark_field == "dynamical"
+                        else None if df_images is None else df_images[i])
             fixed, moving, truth = pair.simulate_realistic_pair(
-                p, **{k_: v for k_, v in par.items() if k_ != "contrast"}, rng=k,
-                df_image=None if df_images is None else df_images[k])
+                p, **{k_: v for k_, v in par.items() if k_ != "contrast"}, rng=k, df_image=df_image)
         else:
             par = pair.random_pair_parameters(seed + k)
             fixed, moving, truth = pair.simulate_pair(p, **par, rng=k)
         row = {"contrast": par["contrast"], "mirror": par["mirror"], "rotation_deg": np.degrees(par["rotation_rad"]),
                "scale": par["scale"], "shear": par["shear"]}
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", registration.RegistrationWarning)
             try:
@@ -186,17 +250,20 @@ def tre_trials(n_cases: int = 10, *, seed: int = 1000, realistic: bool = False, 
                 if not realistic:
                     raise
                 rows.append({**row, "tre_mean_px": np.nan, "tre_max_px": np.nan, "dice": np.nan,
-                             "seconds": time.perf_counter() - t0, "dice_truth": np.nan, "error": str(err)})
+                             "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                             "dice_truth": np.nan, "error": str(err)})
                 continue
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         pts = np.argwhere(truth.fixed_mask if realistic else reg.fixed_mask).astype(float)
         tre = truth.target_registration_error(reg.map_points(pts), pts)
         row.update({"tre_mean_px": float(tre.mean()), "tre_max_px": float(tre.max()), "dice": reg.metrics["dice"],
-                    "seconds": dt})
+                    "seconds": dt, "cpu_seconds": cpu})
         if realistic:
             row.update({"dice_truth": registration.dice(truth.fixed_mask, reg.warp(truth.moving_mask)), "error": ""})
         rows.append(row)
-    return pd.DataFrame(rows).rename_axis("case")
+    table = pd.DataFrame(rows, index=pd.Index(list(cases), name="case"))
+    table.attrs["dark_field"] = ("given images" if df_images is not None else dark_field) if realistic else "none"
+    return table
 
 
 def slope_table(model, law, *, at_X: float = 0.5) -> xr.Dataset:
