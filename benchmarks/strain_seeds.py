@@ -20,7 +20,7 @@ import argparse
 
 import numpy as np
 
-from chemomech import strain
+from chemomech import evaluate, strain
 from chemomech.twin import particle_set, stem4d
 
 KEYS = ("exx", "eyy", "exy", "theta")
@@ -34,13 +34,7 @@ def wedge_errors(dose: float, disks: str, seed: int, method: str) -> tuple[float
     """Worst |region median - truth| and worst pixel RMS error over the strained blocks of the wedge."""
     sim, region = stem4d.simulate_wedge(block=4, rows=8, dose=dose, disks=disks, rng=seed)
     res = strain.measure_strain(sim.datacube.values, reference=region == 0, method=method)
-    truth = stem4d.relative_truth(sim, region == 0)
-    med, rms = 0.0, 0.0
-    for k in KEYS:
-        err = res[k].values - truth[k].values
-        med = max(med, max(abs(np.nanmedian(err[region == i])) for i in range(1, region.max() + 1)))
-        rms = max(rms, float(np.sqrt(np.nanmean(err[region > 0] ** 2))))
-    return med, rms
+    return evaluate.region_errors(res, stem4d.relative_truth(sim, region == 0), region, KEYS)
 
 
 def particle_errors(seed: int, method: str) -> tuple[float, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chemomech import strain
+from chemomech import evaluate, strain
 from chemomech.twin import particle_set, stem4d
 
 KEYS = ("exx", "eyy", "exy", "theta")
@@ -27,13 +27,7 @@ def _wedge(dose, disks, ny=8, rng=0):
 
 def _errors(res, sim, region):
     """Worst |region median - truth| and worst pixel RMS error over the strained blocks."""
-    truth = stem4d.relative_truth(sim, region == 0)
-    med, rms = 0.0, 0.0
-    for k in KEYS:
-        err = res[k].values - truth[k].values
-        med = max(med, max(abs(np.nanmedian(err[region == i])) for i in range(1, region.max() + 1)))
-        rms = max(rms, float(np.sqrt(np.nanmean(err[region > 0] ** 2))))
-    return med, rms
+    return evaluate.region_errors(res, stem4d.relative_truth(sim, region == 0), region, KEYS)
 
 
 @pytest.fixture(scope="module")
