@@ -178,3 +178,18 @@ def test_fit_refuses_a_strain_grid_turned_from_the_crystal_and_names_which():
         learning.fit_eigenstrain(turned, X)
     with pytest.raises(ValueError, match=r"^strain\[1\] lies on a grid turned"):
         learning.fit_eigenstrain([s, turned], [X, X])
+
+
+def test_pixel_grid_checks_cover_both_axes():
+    # strain is scale-free but not aspect-free: X (and the strain) must sit on a regular grid of square pixels;
+    # an uneven or stretched x axis must be refused as well as a y axis
+    yy, xx = np.arange(6) * 5.0, np.arange(7) * 5.0
+    good = xr.DataArray(np.zeros((6, 7)), coords={"y": yy, "x": xx}, dims=("y", "x"))
+    learning._pixel_aspect_ok(good, "X")
+    uneven = good.assign_coords(x=xx + np.r_[0, 0, 0, 1.0, 0, 0, 0])
+    with pytest.raises(ValueError, match="'x' is not evenly spaced"):
+        learning._pixel_aspect_ok(uneven, "X")
+    with pytest.raises(ValueError, match="square pixels"):
+        learning._pixel_aspect_ok(good.assign_coords(x=xx * 1.2), "X")
+    with pytest.raises(ValueError, match="'y' is not evenly spaced"):
+        learning._pixel_aspect_ok(good.assign_coords(y=yy ** 1.1), "X")

@@ -149,3 +149,14 @@ def test_reference_spectra_names_a_bad_energy_grid():
         xanes.reference_spectra([[700.0, 701.0]])
     with pytest.raises(ValueError, match=r"^energy\b"):
         xanes.reference_spectra([700.0, np.nan])
+
+
+def test_weighted_frame_smoothing_keeps_a_linear_drift_under_uneven_weights():
+    # the opt-in drift smoother (map_lithium smooth_frames=) is a local *linear* Gaussian fit: a drift that is
+    # linear in the frame index must come back exactly, whatever the per-frame weights (a weighted mean would
+    # be pulled towards the heavy frames at the ends). Exact up to rounding.
+    k = np.arange(30, dtype=float)
+    drift = np.stack([0.05 * k - 1.0, -0.02 * k + 0.3], axis=1)
+    w = np.random.default_rng(3).uniform(0.1, 5.0, size=30)
+    assert_allclose(xanes._weighted_smooth(drift, w, 4.0), drift, atol=1e-9)
+    assert xanes._weighted_smooth(drift, w, 0.0) is drift  # sigma 0: no smoothing
