@@ -74,3 +74,20 @@ def test_linear_content_terms_remove_the_bias_of_a_disk_with_an_intensity_gradie
         err[order] = float(np.abs(pos[0] - c).max())
     assert err[0] > 0.15  # the case is sensitive to the content model
     assert err[1] < 0.1
+
+
+def test_position_errors_are_in_pixels_whatever_the_intensity_units():
+    # the reported position error (px) comes from the residual variance over the squared amplitude: both
+    # scale with the square of the intensity, so counts and normalised intensities (here x 1e-4, residual
+    # sums far below 1) must give the same errors
+    rng = np.random.default_rng(6)
+    loc = _diskfind.Locator(_template())
+    centres = rng.uniform(-0.5, 0.5, size=(200, 2)) + [16.0, 18.0]
+    imgs = np.stack([rng.poisson(_disk((32, 36), c, amp=50.0, bg=2.0)) for c in centres]).astype(np.float32)
+    pad = 16
+    out = []
+    for scale in (1.0, 1e-4):
+        padded = np.pad(imgs * np.float32(scale), ((0, 0), (pad, pad), (pad, pad)))
+        out.append(loc.locate(padded, np.arange(200), np.tile([16.0, 18.0], (200, 1)), pad, np.array([32, 36]),
+                              search=2))
+    np.testing.assert_allclose(out[1][2], out[0][2], rtol=1e-3)

@@ -160,3 +160,17 @@ def test_weighted_frame_smoothing_keeps_a_linear_drift_under_uneven_weights():
     w = np.random.default_rng(3).uniform(0.1, 5.0, size=30)
     assert_allclose(xanes._weighted_smooth(drift, w, 4.0), drift, atol=1e-9)
     assert xanes._weighted_smooth(drift, w, 0.0) is drift  # sigma 0: no smoothing
+
+
+def test_calibrate_false_leaves_the_references_alone():
+    # calibrate=False means the references are used as given: no energy offset or broadening may be fitted,
+    # whatever the alignment rounds do (the simulated beamline resolution is coarser than the references', so a
+    # calibration finds a broadening: 0.11 eV on the same stack with calibrate=True)
+    from chemomech import twin
+    from chemomech.twin import ptycho
+
+    particle = twin.make_particle("small", batch="biphasic", seed=5, semi_axes_nm=(75.0, 105.0))
+    stack, _ = ptycho.simulate_stack(particle, shape=(44, 58), pixel_size_nm=5.0, rng=11)
+    raw = xanes.map_lithium(stack, calibrate=False)
+    assert raw.attrs["energy_offset_ev"] == 0.0 and raw.attrs["reference_broadening_ev"] == 0.0
+    assert xanes.map_lithium(stack).attrs["reference_broadening_ev"] > 0.05
