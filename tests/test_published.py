@@ -111,6 +111,9 @@ def test_registration_term_widens_the_intervals_only(standins):
     _, _, plain = learning.learn_stacks(stacks, **kw)
     _, _, reg = learning.learn_stacks(stacks, registration_sd_px=1.0, n_perturb=3, **kw)
     assert plain["slopes"] == reg["slopes"]               # a spread term, not a shift
+    # a linear law (max_degree=1) has one slope everywhere: its mean over X in [0.2, 0.8] is that slope
+    assert plain["degree"] == 1
+    assert [plain["mean_slope"][c] for c in ("aa", "cc")] == pytest.approx([plain["slopes"][c] for c in ("aa", "cc")])
     assert any(t.startswith("registration ±1 px") for t in reg["interval_terms"])
     assert not any(t.startswith("registration") for t in plain["interval_terms"])
     for c in ("aa", "cc"):
