@@ -174,3 +174,22 @@ def test_calibrate_false_leaves_the_references_alone():
     raw = xanes.map_lithium(stack, calibrate=False)
     assert raw.attrs["energy_offset_ev"] == 0.0 and raw.attrs["reference_broadening_ev"] == 0.0
     assert xanes.map_lithium(stack).attrs["reference_broadening_ev"] > 0.05
+
+
+def test_principal_components_noise_per_energy_equals_the_same_noise_per_point():
+    # noise given once per energy (n_E,) means that value at every pixel: whitening must give exactly what the
+    # full (n_E, ny, nx) array of the same values gives, and an energy-dependent noise must change the result
+    refs = xanes.reference_spectra(np.arange(700.0, 730.0, 0.5))
+    rng = np.random.default_rng(2)
+    a, b = rng.uniform(0, 80, (2, 300))
+    spec = refs.LFP.values[:, None] * a + refs.FP.values[:, None] * b
+    sigma_e = np.linspace(0.005, 0.02, refs.sizes["energy"])
+    spec = spec + rng.normal(0, 1, spec.shape) * sigma_e[:, None]
+    od = xr.DataArray(spec.reshape(-1, 15, 20), dims=("energy", "y", "x"), coords={"energy": refs.energy.values})
+    m = np.ones((15, 20), bool)
+    per_e = xanes.principal_components(od, mask=m, noise=sigma_e)
+    full = xanes.principal_components(od, mask=m, noise=np.broadcast_to(sigma_e[:, None, None], od.shape))
+    assert_allclose(per_e.singular_value.values, full.singular_value.values, rtol=1e-12)
+    assert per_e.attrs["n_significant"] == full.attrs["n_significant"] == 2
+    flat = xanes.principal_components(od, mask=m, noise=float(sigma_e.mean()))
+    assert not np.allclose(flat.singular_value.values, per_e.singular_value.values, rtol=1e-3)
