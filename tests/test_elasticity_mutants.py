@@ -126,3 +126,24 @@ def test_to_image_on_a_triangle_mesh_says_what_to_use_instead():
     sol = el.ElasticProblem(mesh).solve(lambda x, y: (0.01 + 0 * x, 0 * x, 0 * x))
     with pytest.raises(TypeError, match=r"to_image needs a problem built on a PixelMesh; use sample\(y, x\)"):
         sol.to_image()
+
+
+def test_free_solution_has_zero_mean_displacement_and_rotation():
+    # the free-edge solution is defined up to a rigid motion, which the solver removes so that the mean
+    # displacement and the mean rotation (curl u / 2) over the body vanish; checked by quadrature on the
+    # solution's own basis for an off-centre, non-symmetric body and an eigenstrain gradient (which makes the
+    # pinned solution rotate before the removal)
+    mask = np.zeros((14, 22), bool)
+    mask[2:12, 3:20] = True
+    mask[2:6, 14:20] = False  # an L-shape: centroid away from the bounding box centre
+    pm = el.mesh_from_mask(mask, pixel_size=5.0)
+    sol = el.ElasticProblem(pm).solve(lambda x, y: (0.01 + 2e-4 * y, -0.005 + 1e-4 * x, 3e-4 * (x - y) / 50))
+    basis = sol.problem.basis
+    w = basis.interpolate(sol.u)
+    dx = basis.dx
+    area = float(np.sum(dx))
+    mean_u = [float(np.sum(w.value[i] * dx)) / area for i in (0, 1)]
+    rot = float(np.sum(0.5 * (w.grad[1][0] - w.grad[0][1]) * dx)) / area
+    scale = float(np.max(np.abs(sol.u)))
+    assert scale > 1e-3  # the body does deform (displacements in nm)
+    assert abs(mean_u[0]) < 1e-9 * scale and abs(mean_u[1]) < 1e-9 * scale and abs(rot) < 1e-9
