@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from chemomech import _diskfind
 from test_diskfind import RADIUS_PX, _disk, _template
@@ -41,21 +42,25 @@ def test_coarse_step_gives_the_nearest_pixel_and_a_parabolic_subpixel_offset():
             np.testing.assert_allclose(c[0] - pad + frac[0], centre, atol=0.06)
 
 
-def test_positions_do_not_depend_on_the_intensity_scale_with_a_content_prior():
-    # the ridge level of the content prior is noise variance over (prior x amplitude^2): both scale with the
-    # square of the intensity, so detector gain / units (counts or normalised intensities) change nothing
+@pytest.mark.parametrize("content", ["uniform disk", "content prior"])
+def test_fits_do_not_depend_on_the_intensity_units(content):
+    # detector gain / units (counts or normalised intensities, here x 1e-4: residual sums far below 1) change
+    # nothing: the position error (px) is the residual variance over the squared amplitude, the SNR a ratio,
+    # and the content prior's ridge level noise variance over (prior x amplitude^2) -- all scale-free
     rng = np.random.default_rng(4)
-    loc = _diskfind.Locator(_template(), content_order=1, slope_prior=0.05, radius=RADIUS_PX)
+    kw = {} if content == "uniform disk" else dict(content_order=1, slope_prior=0.05, radius=RADIUS_PX)
+    loc = _diskfind.Locator(_template(), **kw)
     centres = rng.uniform(-0.5, 0.5, size=(20, 2)) + [16.0, 18.0]
     imgs = np.stack([rng.poisson(_disk((32, 36), c, amp=400.0, bg=2.0)) for c in centres]).astype(np.float32)
     pad = 16
     out = []
-    for scale in (1.0, 1e-3):
+    for scale in (1.0, 1e-4):
         padded = np.pad(imgs * np.float32(scale), ((0, 0), (pad, pad), (pad, pad)))
         out.append(loc.locate(padded, np.arange(20), np.tile([16.0, 18.0], (20, 1)), pad, np.array([32, 36]),
                               search=2))
     np.testing.assert_allclose(out[1][0], out[0][0], atol=1e-4)  # float32 data: ~1e-6 px in practice
-    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4)  # the SNR is a ratio too
+    np.testing.assert_allclose(out[1][1], out[0][1], rtol=1e-4)  # SNR
+    np.testing.assert_allclose(out[1][2], out[0][2], rtol=1e-3)  # position error, px
 
 
 def test_linear_content_terms_remove_the_bias_of_a_disk_with_an_intensity_gradient():
@@ -74,20 +79,3 @@ def test_linear_content_terms_remove_the_bias_of_a_disk_with_an_intensity_gradie
         err[order] = float(np.abs(pos[0] - c).max())
     assert err[0] > 0.15  # the case is sensitive to the content model
     assert err[1] < 0.1
-
-
-def test_position_errors_are_in_pixels_whatever_the_intensity_units():
-    # the reported position error (px) comes from the residual variance over the squared amplitude: both
-    # scale with the square of the intensity, so counts and normalised intensities (here x 1e-4, residual
-    # sums far below 1) must give the same errors
-    rng = np.random.default_rng(6)
-    loc = _diskfind.Locator(_template())
-    centres = rng.uniform(-0.5, 0.5, size=(200, 2)) + [16.0, 18.0]
-    imgs = np.stack([rng.poisson(_disk((32, 36), c, amp=50.0, bg=2.0)) for c in centres]).astype(np.float32)
-    pad = 16
-    out = []
-    for scale in (1.0, 1e-4):
-        padded = np.pad(imgs * np.float32(scale), ((0, 0), (pad, pad), (pad, pad)))
-        out.append(loc.locate(padded, np.arange(200), np.tile([16.0, 18.0], (200, 1)), pad, np.array([32, 36]),
-                              search=2))
-    np.testing.assert_allclose(out[1][2], out[0][2], rtol=1e-3)
