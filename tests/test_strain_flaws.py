@@ -240,8 +240,9 @@ def test_flawed_error_within_10_percent_of_clean_error(errors_over_seeds, kind):
 
     Pixel RMS per strain component (mean over the ten scans), and region-median errors as one RMS over
     scans and components (the clean error of one median, 0.5-1e-4, is itself mostly noise). 1.1: the
-    issue's 10 %; no statistical allowance is added. Measured (ten scans): pixel RMS ratios <= 1.033,
-    median ratios 0.95 (lost), 1.01 (saturated), 1.04 (dead column), 1.05 (hot), 1.07 (dark subtracted).
+    issue's 10 %; no statistical allowance is added. Measured (ten scans): pixel RMS ratios <= 1.025,
+    median ratios 1.06 (lost), 1.03 (saturated), 1.09 (dead column), 1.05 (hot), 1.02 (dark subtracted)
+    (with the lattice fit's outlier rejection in px: 1.05, 0.98, 1.03, 1.02, 1.02).
     """
     e = errors_over_seeds[kind]
     rms = e["rms"].reshape(len(SEEDS), len(KEYS), 2).mean(axis=0)  # (key, clean/flawed)
@@ -252,7 +253,7 @@ def test_flawed_error_within_10_percent_of_clean_error(errors_over_seeds, kind):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="issue 18 acceptance read as a change vs the clean run not reached: the change "
-                   "of the region medians is 0.11-0.39 x the clean error (ten scans), above 0.1; leaving the one lost "
+                   "of the region medians is 0.20-0.66 x the clean error (ten scans), above 0.1; leaving the one lost "
                    "reference pattern out of the clean result's own reference median moves the strained-region "
                    "medians by ~0.4 x the clean error (first order), whatever the method")
 @pytest.mark.parametrize("kind", FLAW_CLASSES)
