@@ -570,3 +570,196 @@ def test_reference_transform_and_change_reference_values_and_attrs():
     assert out.attrs == {"frame": "crystal", "reference_strain": [0.02, -0.01, 0.004]}
     assert s.attrs == {"frame": "crystal"} and s.exx.attrs["long_name"] == "strain e_aa"  # input untouched
     assert out.exx.dims == ("y", "x")
+
+
+# ------------------------------------------------------------------------------------------ paths of other passes
+
+def test_distributed_client_path_gives_the_local_result(sim, capsys):
+    distributed = pytest.importorskip("distributed")
+    da = pytest.importorskip("dask.array")
+    cube = sim.datacube.values[:2, :3]
+    ref = strain.measure_strain(cube)
+    capsys.readouterr()
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None):
+        quiet = strain.measure_strain(da.from_array(cube, chunks=(1, 3, -1, -1)))
+        loud = strain.measure_strain(da.from_array(cube, chunks=(1, 3, -1, -1)), progress=True)
+    err = capsys.readouterr().err
+    for desc in ("mean pattern", "direct beam", "disks and lattices"):
+        assert re.search(rf"(^|\r){desc}: 100%\|.*\| 2/2 ", err), desc
+    for k in ("exx", "eyy", "exy", "theta", "n_disks"):
+        np.testing.assert_allclose(quiet[k].values, ref[k].values, atol=1e-9)
+        np.testing.assert_allclose(loud[k].values, ref[k].values, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------ lattice helpers by hand
+
+G_HAND = np.array([[0.3, 11.0], [12.0, -0.4]])  # columns = reciprocal vectors (ky, kx), px
+
+
+def _hand_lattice(hk, origin=(40.0, 41.0)):
+    return (np.asarray(origin) + np.asarray(hk, float) @ G_HAND.T)[None]
+
+
+HK8 = np.array([[1, 0], [0, 1], [-1, 0], [0, -1], [1, 1], [-1, -1], [1, -1], [2, 1]], float)
+
+
+def test_fit_lattice_recovers_an_exact_lattice_and_counts_disks():
+    pos = _hand_lattice(HK8)
+    o, g, rms, count, pred = strain._fit_lattice(pos, HK8, np.ones((1, 8)), 6)
+    np.testing.assert_allclose(o[0], [40.0, 41.0], atol=1e-10)
+    np.testing.assert_allclose(g[0], G_HAND, atol=1e-10)
+    assert rms[0] < 1e-10 and count.tolist() == [8]
+    np.testing.assert_allclose(pred, pos, atol=1e-10)
+    # zero weights and non-finite positions leave disks out; min_disks is a lower bound that is reached
+    w = np.ones((1, 8))
+    w[0, :2] = 0.0
+    p2 = pos.copy()
+    p2[0, 2] = np.nan
+    o, g, rms, count, _ = strain._fit_lattice(p2, HK8, w, 5)
+    assert count.tolist() == [5]
+    np.testing.assert_allclose(g[0], G_HAND, atol=1e-10)
+    o, g, rms, count, _ = strain._fit_lattice(p2, HK8, w, 6)
+    assert count.tolist() == [5] and np.isnan(o).all() and np.isnan(g).all() and np.isnan(rms).all()
+    # the RMS misfit: one disk moved by 1 px along ky among the 8 (a hand-computed least-squares residual)
+    p3 = pos.copy()
+    p3[0, 7, 0] += 1.0
+    design = np.concatenate([np.ones((8, 1)), HK8], axis=1)
+    resid = p3[0] - design @ np.linalg.lstsq(design, p3[0], rcond=None)[0]
+    _, _, rms, _, _ = strain._fit_lattice(p3, HK8, np.ones((1, 8)), 6)
+    assert rms[0] == pytest.approx(np.sqrt((resid ** 2).sum() / 8), rel=1e-9)
+
+
+def test_fit_lattice_of_collinear_disks_is_unmeasured_not_an_error():
+    hk = np.array([[h, 0] for h in range(-3, 4)], float)  # seven disks on one row: no 2-D lattice
+    o, g, rms, count, _ = strain._fit_lattice(_hand_lattice(hk), hk, np.ones((1, 7)), 3)
+    assert count.tolist() == [7] and np.isnan(g).all() and np.isnan(o).all() and np.isnan(rms).all()
+
+
+def test_robust_lattice_rejects_an_outlier_and_keeps_the_rest():
+    pos = np.concatenate([_hand_lattice(HK8), _hand_lattice(HK8)])
+    pos[0, 3] += [3.0, -2.0]  # a disk assigned to the wrong place in the first pattern
+    rng = np.random.default_rng(5)
+    pos[1] += rng.normal(0, 0.02, pos[1].shape)  # the second pattern: small noise only, nothing rejected
+    o, g, rms, count = strain._robust_lattice(pos, HK8, np.ones((2, 8)), 6)
+    assert count.tolist() == [7, 8]
+    np.testing.assert_allclose(g[0], G_HAND, atol=1e-9)
+    np.testing.assert_allclose(o[0], [40.0, 41.0], atol=1e-9)
+    assert rms[0] < 1e-9 and 0.005 < rms[1] < 0.05
+    np.testing.assert_allclose(g[1], G_HAND, atol=0.05)
+
+
+def test_match_peaks_assigns_within_the_tolerance():
+    guess = _hand_lattice(HK8[:3])  # (1, 3, 2)
+    guess = np.concatenate([guess, guess])
+    peaks = [np.array([[guess[0, 0, 0] + 0.5, guess[0, 0, 1], 9.0], [guess[0, 2, 0], guess[0, 2, 1] + 2.0, 5.0]]),
+             np.zeros((0, 3))]
+    pos, weight = strain._match_peaks(peaks, guess, 1.0)
+    np.testing.assert_array_equal(weight, [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(pos[0, 0], peaks[0][0, :2])
+    assert np.isnan(pos[0, 1:]).all() and np.isnan(pos[1]).all()
+    pos, weight = strain._match_peaks(peaks, guess, 2.5)
+    np.testing.assert_array_equal(weight[0], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(pos[0, 2], peaks[0][1, :2])
+
+
+def test_reduced_basis_picks_two_short_independent_vectors():
+    hk = np.array([[h, k] for h in range(-2, 3) for k in range(-2, 3)], float)
+    pts = 50.0 + hk @ np.array([[0.0, 10.0], [14.0, 0.0]]).T  # columns (ky, kx): g1 = (0, 14), g2 = (10, 0)
+    basis = strain._reduced_basis(pts, min_len=4.0)
+    assert basis.shape == (2, 2)
+    lengths = sorted(np.linalg.norm(basis, axis=0))
+    np.testing.assert_allclose(lengths, [10.0, 14.0], atol=1e-9)
+    assert abs(np.linalg.det(basis)) == pytest.approx(140.0)
+    # collinear points, or a single one: no 2-D basis
+    line = 50.0 + np.array([[0.0, 12.0 * h] for h in range(-3, 4)])
+    assert strain._reduced_basis(line, min_len=4.0) is None
+    assert strain._reduced_basis(line[:1], min_len=4.0) is None
+
+
+def test_inversion_centre_and_peaks_by_hand():
+    img = np.zeros((48, 48))
+    for (y, x), a in (((24, 24), 1.0), ((24, 36), 3.0), ((24, 12), 3.0), ((10, 24), 2.0), ((38, 24), 2.0)):
+        img[y - 2:y + 3, x - 2:x + 3] = a
+    pk = strain._peaks(img, 2.0)
+    assert len(pk) == 5
+    assert sorted(map(tuple, pk[:2].tolist())) == [(24, 12), (24, 36)]  # brightest first
+    assert tuple(pk[-1]) == (24, 24)
+    assert len(strain._peaks(img, 2.0, n_max=3)) == 3
+    assert strain._inversion_centre(pk, tol=2.0).tolist() == [24, 24]
+
+
+def test_disk_radius_and_detector_frame_by_hand():
+    yy, xx = np.mgrid[-10:11, -10:11]
+    disk = (np.hypot(yy, xx) <= 5.0).astype(float)
+    assert strain._disk_radius(disk) == pytest.approx(np.sqrt(disk.sum() / np.pi))
+    ring = disk.copy()
+    ring[8:13, 8:13] = 0.0  # nothing at the middle: the documented fallback of 1 px
+    ring[10, 10] = 0.0
+    assert strain._disk_radius(np.where(np.hypot(yy, xx) < 2, 0.0, disk)) == 1.0
+    g = np.array([[[1.0, 2.0], [3.0, 4.0]]])  # rows (ky, kx)
+    np.testing.assert_allclose(strain._detector_frame(g, 0.0)[0], [[3.0, 4.0], [1.0, 2.0]])
+    t = 0.4
+    r = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    np.testing.assert_allclose(r @ strain._detector_frame(g, t)[0], [[3.0, 4.0], [1.0, 2.0]], atol=1e-12)
+
+
+def test_near_and_cleaned_by_hand():
+    assert strain._near(None, 2.0) is None
+    bad = np.zeros((9, 9), bool)
+    bad[4, 4] = True
+    near = strain._near(bad, 1.5)
+    yy, xx = np.mgrid[:9, :9]
+    np.testing.assert_array_equal(near, np.hypot(yy - 4, xx - 4) <= 1.5)
+    block = np.arange(2 * 81, dtype=np.float64).reshape(2, 9, 9)
+    block[1, 0, 0] = np.nan
+    before = block.copy()
+    out = strain._cleaned(block, bad)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(block, before)  # not modified in place
+    assert out[1, 0, 0] == 0.0  # non-finite -> 0
+    for i in range(2):
+        nb = block[i, 3:6, 3:6].sum() - block[i, 4, 4]
+        assert out[i, 4, 4] == pytest.approx(nb / 8)  # the mean of its 8 neighbours
+    np.testing.assert_array_equal(np.delete(out.reshape(2, -1), 40, axis=1)[0],
+                                  np.delete(block.reshape(2, -1), 40, axis=1)[0])
+    # a 3 x 3 block of bad pixels: its centre has no good 3 x 3 neighbour and takes the 7 x 7 mean
+    bad3 = np.zeros((9, 9), bool)
+    bad3[3:6, 3:6] = True
+    out = strain._cleaned(np.ones((1, 9, 9)) * 2.0, bad3)
+    np.testing.assert_allclose(out, 2.0)
+    assert strain._cleaned(block, None)[0, 4, 4] == block[0, 4, 4]
+    assert strain._cleaned(block, np.zeros((9, 9), bool))[0, 4, 4] == block[0, 4, 4]
+
+
+def test_template_patch_symmetrised_and_radial_profile():
+    from test_diskfind import _disk
+
+    img = _disk((41, 41), (20.3, 19.6), radius=4.0, amp=100.0, bg=7.0)
+    p = strain._template_patch(img, np.array([20.3, 19.6]), 8)
+    assert p.shape == (17, 17)
+    from scipy import ndimage
+
+    np.testing.assert_allclose(ndimage.center_of_mass(np.clip(p, 0, None)), [8.0, 8.0], atol=0.05)
+    yy, xx = np.mgrid[-8:9, -8:9]
+    rho = np.hypot(yy, xx)
+    assert (p[rho > 8.5] == 0).all()  # the circular taper
+    assert np.abs(p[(rho > 6.5) & (rho < 7.5)]).max() < 2.0  # background (7) removed; Fourier-shift ringing ~1.3
+    assert p[rho < 2].min() > 80.0  # the disk (100 counts above it) stays
+    # rotational average: equal values at equal distances, and a symmetric disk unchanged
+    asym = p * (1 + 0.1 * np.arange(17)[None, :] / 17)
+    s = strain._symmetrised(asym)
+    assert s[8, 4] == pytest.approx(s[4, 8]) and s[8, 12] == pytest.approx(s[12, 8])
+    assert s[8, 4] == pytest.approx(s[8, 12])
+    sym = np.exp(-np.hypot(yy, xx) ** 2 / 8)
+    np.testing.assert_allclose(strain._symmetrised(sym), sym, atol=0.02)
+    # the radial profile of many sub-pixel disks: normalised to 1 at its maximum, falling to ~0 beyond the edge
+    hist = np.zeros((2, int(9 / strain.PROFILE_BIN_PX) + 1))
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        c = 20 + rng.uniform(-0.5, 0.5, 2)
+        strain._profile_samples(_disk((41, 41), c, radius=4.0, amp=100.0, bg=7.0), c, 8, hist)
+    r, v = strain._radial_profile(hist)
+    assert v.max() == pytest.approx(1.0) and np.all(np.diff(r) >= strain.PROFILE_BIN_PX - 1e-12)
+    assert v[r < 3.0].min() > 0.9 and abs(v[r > 6.0]).max() < 0.05
+    assert np.interp(4.0, r, v) == pytest.approx(0.5, abs=0.1)  # half height at the disk edge
+    assert strain._radial_profile(np.zeros_like(hist)) is None
