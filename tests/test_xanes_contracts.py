@@ -7,6 +7,7 @@ Every input is small (a few hundred pixels, <= 60 energies) so that the file run
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -1207,3 +1208,136 @@ def test_weighted_smooth_zero_sigma_is_the_identity_and_a_constant_stays():
     for j in range(2):
         coef = np.polyfit(k, d[:, j], 1)
         assert_allclose(sm[:, j], np.polyval(coef, k), atol=1e-6)
+
+
+# ============================================================== paths the chapters reach, on small inputs
+
+
+def _intensity(lfp, fp, energy=E, seed=136, extra_od=0.0):
+    od = _od(lfp, fp, 0.0, energy).values + extra_od
+    i0 = 800.0 * (1.0 + 0.004 * (energy - 700.0))
+    rng = np.random.default_rng(seed)
+    return _stack(i0[:, None, None] * np.exp(-od) * (1.0 + rng.normal(0.0, 0.002, od.shape)), energy)
+
+
+def test_map_lithium_drops_components_smaller_than_five_pixels():
+    disc, _, lfp, fp = _particle_maps()
+    fp = np.where(disc, fp, 0.0)
+    blob4 = np.zeros_like(disc)
+    blob4[1:3, 1:3] = True  # 4 px: a speck
+    plus5 = np.zeros_like(disc)
+    plus5[19, 20:23] = True
+    plus5[18:21, 21] = True  # 5 px (4-connected): particle
+    fp = fp + 50.0 * (blob4 | plus5)
+    res = xanes.map_lithium(_intensity(lfp, fp), align=False, calibrate=False)
+    assert_array_equal(res.mask.values, disc | plus5)
+    assert res.attrs["n_particle"] == int(disc.sum() + 5)
+    assert res.attrs["n_specks"] >= 4
+    assert res.attrs["references"] == xanes.reference_spectra().attrs["source"]
+    # user references without a "source" say so
+    refs = xanes.reference_spectra(np.arange(699.0, 731.0, 0.25))
+    refs.attrs = {}
+    own = xanes.map_lithium(_intensity(lfp, fp), references=refs, align=False, calibrate=False)
+    assert own.attrs["references"] == "user-supplied references"
+
+
+def test_automatic_background_ignores_an_absorber_without_iron():
+    # a carbon-like blob absorbs the same at every energy: no Fe edge jump, so it is background, not particle
+    disc, _, lfp, fp = _particle_maps()
+    fp = np.where(disc, fp, 0.0)
+    carbon = np.zeros_like(disc)
+    carbon[15:21, 0:6] = True
+    stack = _intensity(lfp, fp, extra_od=0.8 * carbon)
+    with_c = xanes.optical_density(stack)
+    without = xanes.optical_density(_intensity(lfp, fp))
+    assert with_c.attrs["background"] == without.attrs["background"]
+    # and the iron-free blob comes out of the fit thin (no Fe), not as particle
+    res = xanes.map_lithium(stack, align=False, calibrate=False)
+    assert not res.mask.values[carbon].any()
+    assert_array_equal(res.mask.values, disc)
+
+
+def test_estimate_drift_without_refinement_still_calibrates(hand_stack):
+    stack = hand_stack[0]
+    d = xanes.estimate_drift(stack, refine=0, border=0)  # calibrate=True by default
+    shifts = xr.DataArray(d.values, dims=("energy", "axis"))
+    od = xanes.optical_density(stack, shifts=shifts, border=0)
+    fit = xanes.fit_spectra(od)
+    t = fit.thickness.values
+    ok = np.isfinite(t)
+    cal = xanes.calibrate_references(od, mask=ok & (t > 0.4 * np.percentile(t[ok], 99)))
+    assert d.attrs["energy_offset_ev"] == cal.attrs["energy_offset_ev"]
+    assert d.attrs["broadening_ev"] == cal.attrs["broadening_ev"]
+    assert abs(d.attrs["energy_offset_ev"]) < 0.05
+
+
+# ============================================================== every function names a bad od / stack
+
+
+def _od_small():
+    return _od(np.full((3, 4), 30.0), 10.0)
+
+
+@pytest.mark.parametrize("func, name, kwargs", [
+    (xanes.fit_spectra, "od", {}),
+    (xanes.principal_components, "od", {"mask": np.ones((3, 4), bool)}),
+    (xanes.calibrate_references, "od", {}),
+    (xanes.normalise_edge, "od", {}),
+    (xanes.fit_components, "od", {"references": xanes.reference_spectra()}),
+    (xanes.cluster_spectra, "od", {"mask": np.ones((3, 4), bool)}),
+    (xanes.edge_energy, "od", {}),
+    (xanes.optical_density, "stack", {}),
+    (xanes.estimate_drift, "stack", {}),
+    (xanes.find_failed_frames, "stack", {}),
+    (xanes.map_lithium, "stack", {}),
+])
+def test_every_function_names_its_stack_argument(func, name, kwargs):
+    od = _od_small()
+    _raises(TypeError, rf"{name} must be an xarray\.DataArray, got ndarray", func, od.values, **kwargs)
+    _raises(ValueError, rf"{name} must have dims \('energy', 'y', 'x'\), got \('y', 'energy', 'x'\); "
+                        r"use \.transpose\(\.\.\.\) or \.rename\(\.\.\.\) first",
+            func, od.transpose("y", "energy", "x"), **kwargs)
+
+
+@pytest.mark.parametrize("func, kwargs", [
+    (xanes.normalise_edge, {}),
+    (xanes.cluster_spectra, {"mask": np.ones((3, 4), bool)}),
+    (xanes.edge_energy, {}),
+    (xanes.fit_components, {"references": xanes.reference_spectra()}),
+])
+def test_od_energy_checks_name_od(func, kwargs):
+    od = _od_small()
+    _raises(ValueError, r"od energies must be strictly increasing \(eV\); got .*", func,
+            od.isel(energy=slice(None, None, -1)), **kwargs)
+
+
+def test_undefined_pixels_are_nan_without_runtime_warnings():
+    # a membrane pixel with no signal at all (OD 0 at every energy) and a NaN pixel: NaN results, no warnings
+    od = _od(np.array([[30.0, 0.0, 20.0]]), np.array([[10.0, 0.0, 0.0]]), 0.0)
+    od[:, 0, 2] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = xanes.fit_spectra(od)
+        comp = xanes.fit_components(od, xanes.reference_spectra())
+        norm = xanes.normalise_edge(od)
+        edge = xanes.edge_energy(od)
+        cross = xanes.edge_energy(od, method="crossing")
+        uni = xanes.fit_spectra(od, weighting="uniform")
+    for r in (fit, uni):
+        assert np.isfinite(r.X.values[0, 0]) and np.isnan(r.X.values[0, 1]) and np.isnan(r.X.values[0, 2])
+        assert r.thickness.values[0, 1] == 0.0 and np.isnan(r.X_volume.values[0, 1])
+    assert np.isnan(comp.fraction_LFP.values[0, 1]) and comp.total.values[0, 1] == 0.0
+    assert np.isnan(norm.values[:, 0, 1]).all() and norm.edge_step.values[0, 1] == 0.0
+    assert np.isnan(edge.values[0, 1:]).all() and np.isfinite(edge.values[0, 0])
+    assert np.isnan(cross.values[0, 1:]).all()
+
+
+def test_map_lithium_leaves_a_nan_region_out_without_warnings(hand_stack):
+    stack, disc, *_ = hand_stack
+    holed = stack.copy(deep=True)
+    holed[:, 18:, :4] = np.nan  # outside the reconstructed field at every energy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = xanes.map_lithium(holed, align=False, calibrate=False)
+    assert_array_equal(res.mask.values, disc)
+    assert np.isnan(res.X.values[18:, :4]).all()
