@@ -1341,3 +1341,37 @@ def test_map_lithium_leaves_a_nan_region_out_without_warnings(hand_stack):
         res = xanes.map_lithium(holed, align=False, calibrate=False)
     assert_array_equal(res.mask.values, disc)
     assert np.isnan(res.X.values[18:, :4]).all()
+
+
+def test_map_lithium_pca_check_whitens_with_the_residual_noise_model(hand_stack, hand_map):
+    # documented: sigma(E, pixel) = sigma_E * sigma_pixel from the fit residuals, times sqrt(n_E / (n_E - 3))
+    stack = hand_stack[0]
+    od = xanes.optical_density(stack)
+    fit = xanes.fit_spectra(od)
+    mask = hand_map.mask.values
+    r = od.values - xanes.predict_od(fit, E).values
+    sig_e = np.sqrt(np.mean(r[:, mask] ** 2, axis=1))
+    sig_p = np.sqrt(np.mean((r / sig_e[:, None, None]) ** 2, axis=0))
+    noise = sig_e[:, None, None] * sig_p[None] * np.sqrt(E.size / (E.size - 3))
+    pc = xanes.principal_components(od, mask=mask, noise=noise)
+    assert_allclose(hand_map.attrs["pca_explained_variance_ratio"], pc.explained_variance_ratio.values,
+                    rtol=1e-9)
+    assert hand_map.attrs["pca_n_significant"] == pc.attrs["n_significant"] == 2
+
+
+def test_automatic_border_of_complex_stacks_is_min_6_and_a_sixteenth_of_the_field():
+    rng = np.random.default_rng(137)
+    e = np.array([700.0, 704.0, 708.0, 710.0, 725.0])
+    for ny, nx, want in ((40, 48, 2), (120, 112, 6)):
+        yy, xx = np.mgrid[:ny, :nx]
+        part = ((yy - ny / 2) ** 2 + (xx - nx / 2) ** 2) < (ny / 6) ** 2
+        od = np.where(part, 1.0, 0.0) * np.array([0.2, 0.25, 1.0, 0.6, 0.5])[:, None, None]
+        amp = np.exp(-od / 2) * (1 + 0.001 * rng.normal(size=od.shape))
+        obj = _stack(amp * np.exp(0.3j * od), e)
+        counts = {b: xanes.optical_density(obj, border=b).attrs["background"] for b in (want - 1, want, want + 1)}
+        assert xanes.optical_density(obj).attrs["background"] == counts[want], (ny, nx)
+        assert len(set(counts.values())) == 3
+        # intensities: no border
+        inten = _stack(amp**2, e)
+        assert xanes.optical_density(inten).attrs["background"] == xanes.optical_density(inten, border=0).attrs[
+            "background"] != xanes.optical_density(inten, border=1).attrs["background"]
