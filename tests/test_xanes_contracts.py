@@ -1375,3 +1375,31 @@ def test_automatic_border_of_complex_stacks_is_min_6_and_a_sixteenth_of_the_fiel
         inten = _stack(amp**2, e)
         assert xanes.optical_density(inten).attrs["background"] == xanes.optical_density(inten, border=0).attrs[
             "background"] != xanes.optical_density(inten, border=1).attrs["background"]
+
+
+def test_estimate_drift_calibrates_in_every_round_and_map_lithium_reports_it():
+    from scipy import ndimage
+
+    disc, _, lfp, fp = _particle_maps()
+    fp = np.where(disc, fp, 0.0)
+    od = _od(lfp, fp, 0.0, E, refs=xanes.reference_spectra(E + 0.25)).values  # the scale is 0.25 eV off
+    i0 = 900.0 * (1.0 + 0.004 * (E - 700.0))
+    rng = np.random.default_rng(138)
+    inten = i0[:, None, None] * np.exp(-od) * (1.0 + rng.normal(0.0, 0.002, od.shape))
+    sh = np.zeros((E.size, 2))
+    sh[5] = [-1.0, 2.0]
+    stack = _stack(np.stack([ndimage.shift(f, s, order=1, mode="nearest") for f, s in zip(inten, sh)]), E)
+    d = xanes.estimate_drift(stack, refine=2)
+    assert abs(d.attrs["energy_offset_ev"] - 0.25) < 0.03
+    assert 0.0 <= d.attrs["broadening_ev"] < 0.3
+    assert_allclose(d.values[5], sh[5], atol=0.05)
+    res = xanes.map_lithium(stack)  # align=True, calibrate=True
+    assert abs(res.attrs["energy_offset_ev"] - 0.25) < 0.03 and res.attrs["aligned"] == 1
+    assert res.attrs["reference_broadening_ev"] < 0.3
+    assert_allclose(res.shifts.values[5], sh[5], atol=0.05)
+    assert np.isfinite(res.shift_sigma.values).all() and (res.shift_sigma.values < 0.1).all()
+    inside = res.mask.values
+    rim = ndimage.binary_dilation(disc)  # a rim pixel interpolated back from the moved frame may count
+    assert inside[disc].mean() > 0.9 and not inside[~rim].any()
+    assert_allclose(res.X.values[inside & (lfp > 0)], 1.0, atol=0.05)
+    assert_allclose(res.X.values[inside & (fp > 0)], 0.0, atol=0.05)
