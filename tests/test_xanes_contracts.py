@@ -1403,3 +1403,68 @@ def test_estimate_drift_calibrates_in_every_round_and_map_lithium_reports_it():
     assert inside[disc].mean() > 0.9 and not inside[~rim].any()
     assert_allclose(res.X.values[inside & (lfp > 0)], 1.0, atol=0.05)
     assert_allclose(res.X.values[inside & (fp > 0)], 0.0, atol=0.05)
+
+
+def test_weighted_smooth_is_a_local_weighted_line_at_every_frame():
+    from chemomech.xanes import _weighted_smooth
+
+    rng = np.random.default_rng(139)
+    d = rng.normal(size=(9, 2))
+    w = rng.uniform(0.2, 3.0, 9)
+    k = np.arange(9.0)
+    for sigma in (0.8, 2.5):
+        sm = _weighted_smooth(d, w, sigma)
+        for t in range(9):
+            kern = np.exp(-0.5 * ((k - t) / sigma) ** 2) * w
+            for j in range(2):
+                coef = np.polyfit(k - t, d[:, j], 1, w=np.sqrt(kern))
+                assert_allclose(sm[t, j], coef[1], rtol=1e-9, atol=1e-12)
+
+
+def test_phase_images_are_invariant_to_a_linear_phase_ramp_and_a_global_phase():
+    from chemomech.xanes import _phase_images
+
+    rng = np.random.default_rng(131)
+    yy, xx = np.mgrid[:30, :34]
+    part = ((yy - 15.0) ** 2 + (xx - 16.0) ** 2) < 49.0
+    phi = np.stack([s * part * (1.0 + 0.1 * rng.normal(size=part.shape)) for s in (0.3, 0.5, 0.8)])
+    amp = np.exp(-0.2 * part) * np.ones((3, 1, 1))
+    obj = amp * np.exp(1j * phi)
+    ramp = np.exp(1j * (0.21 * yy - 0.13 * xx + 1.0))[None] * np.exp(1j * np.array([0.0, 0.5, -2.0]))[:, None, None]
+    st0, st1 = _stack(obj, E5[:3]), _stack(obj * ramp, E5[:3])
+    for border in (0, 3):
+        p0, p1 = _phase_images(st0, border), _phase_images(st1, border)
+        assert_allclose(p1, p0, atol=1e-9)
+        # the particle's own phase, relative to its amplitude-weighted mean inside the field (within the
+        # ~1e-4 rad ramp that the particle's own phase gradients add to the neighbour-difference estimate)
+        inner = np.ones(part.shape, bool) if border == 0 else ~xanes._border_mask(part.shape, border)
+        for k in range(3):
+            ref = np.angle(np.sum(np.where(inner, obj[k], 0.0)))
+            assert_allclose(p0[k], np.angle(obj[k] * np.exp(-1j * ref)), atol=1e-3)
+    # NaN where the object is not finite
+    holed = obj.copy()
+    holed[1, :3, :3] = np.nan
+    out = _phase_images(_stack(holed, E5[:3]), 0)
+    assert np.isnan(out[1, :3, :3]).all() and np.isfinite(out[1, 3:, 3:]).all()
+
+
+def test_predict_phase_regresses_each_frame_on_the_thickness_maps_and_a_plane():
+    from chemomech.xanes import _predict_phase
+
+    rng = np.random.default_rng(132)
+    ny, nx = 20, 24
+    a, b = rng.uniform(0, 50, (2, ny, nx))
+    a[0, 0] = np.nan  # not fitted there: NaN in the prediction
+    yy, xx = np.mgrid[:ny, :nx] / max(ny, nx)
+    coefs = rng.normal(size=(4, 5))
+    phase = np.stack([c[0] * np.nan_to_num(a) + c[1] * b + c[2] + c[3] * yy + c[4] * xx for c in coefs])
+    pred = _predict_phase(phase, a, b, np.zeros((4, 2)))
+    ok = np.isfinite(a)
+    assert_allclose(pred[:, ok], phase[:, ok], atol=1e-9)
+    assert np.isnan(pred[:, ~ok]).all()
+    # a frame with fewer than 10 usable pixels is not predicted
+    few = phase.copy()
+    few[2].ravel()[9:] = np.nan
+    p2 = _predict_phase(few, a, b, np.zeros((4, 2)))
+    assert np.isnan(p2[2]).all()
+    assert_allclose(p2[[0, 1, 3]][:, ok], phase[[0, 1, 3]][:, ok], atol=1e-9)
