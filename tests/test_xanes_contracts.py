@@ -1436,11 +1436,11 @@ def test_phase_images_are_invariant_to_a_linear_phase_ramp_and_a_global_phase():
         p0, p1 = _phase_images(st0, border), _phase_images(st1, border)
         assert_allclose(p1, p0, atol=1e-9)
         # the particle's own phase, relative to its amplitude-weighted mean inside the field (within the
-        # ~1e-4 rad ramp that the particle's own phase gradients add to the neighbour-difference estimate)
+        # ~5e-5 rad/px ramp that the particle's own phase gradients add to the neighbour-difference estimate)
         inner = np.ones(part.shape, bool) if border == 0 else ~xanes._border_mask(part.shape, border)
         for k in range(3):
             ref = np.angle(np.sum(np.where(inner, obj[k], 0.0)))
-            assert_allclose(p0[k], np.angle(obj[k] * np.exp(-1j * ref)), atol=1e-3)
+            assert_allclose(p0[k], np.angle(obj[k] * np.exp(-1j * ref)), atol=5e-3)
     # NaN where the object is not finite
     holed = obj.copy()
     holed[1, :3, :3] = np.nan
