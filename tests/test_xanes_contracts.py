@@ -1468,3 +1468,60 @@ def test_predict_phase_regresses_each_frame_on_the_thickness_maps_and_a_plane():
     p2 = _predict_phase(few, a, b, np.zeros((4, 2)))
     assert np.isnan(p2[2]).all()
     assert_allclose(p2[[0, 1, 3]][:, ok], phase[[0, 1, 3]][:, ok], atol=1e-9)
+
+
+def test_calibration_curve_takes_any_mix_of_arrays_and_dataarrays():
+    x = np.array([0.1, 0.2, 0.35, 0.5])
+    s = np.array([0.1, 0.1, 0.1, 0.2])
+    t = np.array([0.1, 0.3, 0.1, 0.5])
+    want = [0.5, 0.75, 0.75, 1.0]  # |x - t| / s = 0, 1, 2.5, 0
+    for i in range(3):
+        args = [x, s, t]
+        args[i] = xr.DataArray(args[i], dims="pixel")
+        c = xanes.calibration_curve(*args, k=[0.0, 1.0, 2.0, 3.0])
+        assert_allclose(c.observed.values, want)
+
+
+def test_register_frames_sigma_matches_the_scatter_of_repeated_noisy_frames():
+    from scipy import ndimage
+
+    from chemomech.xanes import _register_frames
+
+    yy, xx = np.mgrid[:32, :36]
+    img = np.exp(-((yy - 16.0) ** 2 / 40.0 + (xx - 17.0) ** 2 / 25.0))
+    true = np.array([0.3, -0.4])
+    clean = 1.5 * ndimage.shift(img, true, order=3, mode="nearest") + 0.2
+    rng = np.random.default_rng(133)
+    d, s = [], []
+    for _ in range(60):
+        frames = np.stack([img, clean + rng.normal(0, 0.02, img.shape)])
+        dk, sk = _register_frames([frames], [np.stack([img, img])], np.zeros((2, 2)), border=0)
+        d.append(dk[1])
+        s.append(sk[1])
+    d, s = np.array(d), np.array(s)
+    assert_allclose(d.mean(axis=0), true, atol=0.01)
+    ratio = d.std(axis=0) / np.sqrt(np.mean(s**2, axis=0))
+    assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
+
+
+def test_explicit_background_may_hold_at_most_half_of_a_small_particle():
+    from chemomech.xanes import _absorbance, _edge_jump, _otsu_particle
+
+    e = np.array([700.0, 703.0, 708.0, 710.0, 711.0])
+    rng = np.random.default_rng(134)
+    t = np.ones((5, 40, 40)) * (1.0 + 0.001 * rng.normal(size=(5, 40, 40)))
+    t[:, 18:24, 18:24] *= np.array([0.95, 0.95, 0.5, 0.6, 0.6])[:, None, None]
+    st = _stack(t, e)
+    particle = _otsu_particle(_edge_jump(_absorbance(st), e))
+    idx = np.flatnonzero(particle.ravel())
+    n = idx.size
+    assert 16 <= n <= 60  # a small particle in a large field: its pixels are < 10 % of any background
+    for left_out, ok in ((n // 2 + n % 2, True), (n // 2 - 1 + n % 2, False)):
+        bg = np.ones(particle.shape, bool)
+        bg.ravel()[idx[:left_out]] = False
+        if ok:
+            assert xanes.optical_density(st, background=bg).attrs["background"] == bg.sum()
+        else:
+            _raises(ValueError, r"background covers the particle \(\d+% of its pixels show the Fe edge\); "
+                                r"pass a mask of particle-free membrane pixels only",
+                    xanes.optical_density, st, background=bg)
