@@ -841,6 +841,7 @@ def test_map_lithium_drops_a_failed_frame_and_says_why(hand_stack):
     ({"max_sigma": -1.0}, ValueError, r"max_sigma must be > 0 and finite, got -1\.0"),
     ({"fe_density_ratio": np.nan}, ValueError, r"fe_density_ratio must be > 0 and finite, got nan"),
     ({"smooth_frames": -0.5}, ValueError, r"smooth_frames must be >= 0 and finite, got -0\.5"),
+    ({"smooth_frames": -0.5, "align": False}, ValueError, r"smooth_frames must be >= 0 and finite, got -0\.5"),
     ({"border": -2}, ValueError, r"border must be an int >= 0 or None, got -2"),
     ({"references": xr.Dataset({"LFP": ("energy", [1.0, 2.0])}, coords={"energy": [700.0, 730.0]})},
      ValueError, r"references must have variables 'LFP' and 'FP'; missing \['FP'\]"),
@@ -1525,3 +1526,22 @@ def test_explicit_background_may_hold_at_most_half_of_a_small_particle():
             _raises(ValueError, r"background covers the particle \(\d+% of its pixels show the Fe edge\); "
                                 r"pass a mask of particle-free membrane pixels only",
                     xanes.optical_density, st, background=bg)
+
+
+def test_centroid_and_crossing_helpers_by_hand():
+    from chemomech.xanes import _centroid, _edge_crossing
+
+    e = np.arange(700.0, 716.0, 1.0)
+    spec = np.stack([np.exp(-0.5 * ((e - c) / 1.5) ** 2) for c in (708.0, 710.0)], axis=1) - 0.05
+    sel = (e >= 705.0) & (e <= 713.0)
+    w = np.clip(spec[sel], 0.0, None) + 1e-12
+    assert_allclose(_centroid(spec, e), (e[sel][:, None] * w).sum(0) / w.sum(0), rtol=1e-12)
+    sel2 = (e >= 707.0) & (e <= 709.0)
+    w2 = np.clip(spec[sel2], 0.0, None) + 1e-12
+    assert_allclose(_centroid(spec, e, (707.0, 709.0)), (e[sel2][:, None] * w2).sum(0) / w2.sum(0), rtol=1e-12)
+    # crossing: linear interpolation on the rising flank; NaN if already above at the window's first energy
+    ramp = np.clip((e - 704.0) / 8.0, 0.0, 1.0)[:, None] * np.ones((1, 2))  # reaches 0.5 at 708 eV
+    assert_allclose(_edge_crossing(ramp, e), [708.0, 708.0])
+    assert_allclose(_edge_crossing(ramp, e, level=0.3), [706.4, 706.4])
+    assert np.isnan(_edge_crossing(ramp, e, window=(709.0, 713.0))).all()
+    assert np.isnan(_edge_crossing(ramp, e, level=1.2)).all()
