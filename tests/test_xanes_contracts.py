@@ -1545,3 +1545,14 @@ def test_centroid_and_crossing_helpers_by_hand():
     assert_allclose(_edge_crossing(ramp, e, level=0.3), [706.4, 706.4])
     assert np.isnan(_edge_crossing(ramp, e, window=(709.0, 713.0))).all()
     assert np.isnan(_edge_crossing(ramp, e, level=1.2)).all()
+
+
+def test_coarse_drift_is_subpixel_with_the_default_upsampling_and_ignores_a_nan_corner(drift_stack):
+    truth = np.array([0.0, -1.0, 1.5, 2.0, 0.5])
+    d = xanes.estimate_drift(drift_stack, refine=0, border=0, calibrate=False)
+    assert_allclose(d.sel(axis="y").values, truth, atol=0.1)
+    assert_allclose(d.sel(axis="x").values, -0.5 * truth, atol=0.1)
+    holed = drift_stack.copy(deep=True)
+    holed[3, :6, :6] = np.nan
+    d2 = xanes.estimate_drift(holed, refine=0, border=0, calibrate=False)
+    assert_allclose(d2.values, d.values, atol=0.1)
