@@ -474,7 +474,11 @@ def noisy_od():
     a = rng.uniform(0, 80, (3, 4))
     b = rng.uniform(0, 80, (3, 4))
     a[0, 0], b[0, 1] = 0.0, 0.0
-    od = _od(a, b, 0.01)
+    a[1, 2], b[1, 2] = 0.0, 700.0  # OD up to ~20: beyond the weights' clip at 6
+    a[2, 1], b[2, 1] = 0.0, 0.0  # membrane at OD -1.5: below the clip at -1
+    c = np.full((3, 4), 0.01)
+    c[2, 1] = -1.5
+    od = _od(a, b, c)
     inc = 1.0 + 0.01 * (E - 700.0)
     noisy = od + rng.normal(0.0, 0.01, od.shape) / np.sqrt(inc)[:, None, None]
     return noisy.assign_coords(incident=("energy", inc))
@@ -508,7 +512,7 @@ def test_fit_spectra_shot_weighting_uses_the_incident_intensity_and_the_first_pa
     mu = np.column_stack([np.interp(E, refs.energy.values, refs[k].values) for k in ("LFP", "FP")])
     A = np.column_stack([mu, np.ones(E.size)])
     inc = noisy_od.incident.values
-    for iy, ix in ((0, 0), (0, 1), (2, 3)):
+    for iy, ix in ((0, 0), (0, 1), (2, 3), (1, 2), (2, 1)):
         y = noisy_od.values[:, iy, ix]
         p1 = _lsq_offset(A, y)
         w = inc * np.exp(-np.clip(A @ p1, -1.0, 6.0))
