@@ -65,7 +65,8 @@ def hand_stack():
     i0 = 1000.0 * (1.0 + 0.005 * (E - 700.0))
     rng = np.random.default_rng(121)
     inten = i0[:, None, None] * np.exp(-od) * (1.0 + rng.normal(0.0, 0.002, od.shape))
-    stack = _stack(inten, E)
+    stack = _stack(inten, E).assign_coords(y=("y", 8.0 * np.arange(NY), {"units": "nm"}),
+                                           x=("x", 8.0 * np.arange(NX), {"units": "nm"}))
     return stack, disc, speck, lfp, fp
 
 
@@ -745,6 +746,10 @@ def test_map_lithium_results_and_metadata(hand_stack, hand_map):
     for k, (u, ln) in want.items():
         assert res[k].dims == ("y", "x") and dict(res[k].attrs) == {"units": u, "long_name": ln}, k
     assert res.mask.dtype == bool
+    for k in ("y", "x"):  # the stack's pixel grid, in nm, on every map
+        assert_array_equal(res[k].values, stack[k].values)
+        assert res[k].attrs == {"units": "nm"}
+        assert_array_equal(res.X[k].values, stack[k].values)
     assert res.shifts.dims == ("energy", "axis") and res.shifts.axis.values.tolist() == ["y", "x"]
     assert dict(res.shifts.attrs) == {"units": "px", "long_name": "drift removed (specimen displacement from "
                                                                   "frame 0)"}
