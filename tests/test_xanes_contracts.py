@@ -1163,7 +1163,8 @@ def test_register_frames_recovers_known_subpixel_shifts_of_both_modalities():
     assert_allclose(d2, true, atol=0.02)
     # no valid prediction: the start value is kept and sigma is NaN
     d3, sig3 = _register_frames([frames], [np.full_like(pred, np.nan)], true + 0.1, border=0)
-    assert_allclose(d3, true + 0.1) and np.isnan(sig3).all()
+    assert_allclose(d3, true + 0.1)
+    assert np.isnan(sig3).all()
 
 
 def test_roll_mask_moves_by_the_nearest_whole_pixel_and_fills_with_true():
