@@ -1566,3 +1566,33 @@ def test_coarse_drift_is_subpixel_with_the_default_upsampling_and_ignores_a_nan_
     holed[3, :6, :6] = np.nan
     d2 = xanes.estimate_drift(holed, refine=0, border=0, calibrate=False)
     assert_allclose(d2.values, d.values, atol=0.1)
+
+
+# ============================================================== two bugs these contracts found (fixed in xanes.py)
+
+
+@pytest.mark.parametrize("refs", [
+    xr.Dataset({"LFP": ("k", [1.0, 2.0])}),
+    xr.Dataset({"LFP": ("k", [1.0, 2.0])}, coords={"energy": [700.0, 730.0]}),
+])
+def test_references_without_a_variable_on_energy_are_named(refs):
+    # was a KeyError ('energy') or numpy's "need at least one array to stack"
+    od = _od(np.full((2, 3), 30.0), 10.0)
+    _raises(ValueError, r"references has no variable on 'energy'", xanes.calibrate_references, od, references=refs)
+    _raises(ValueError, r"references has no variable on 'energy'", xanes.fit_components, od, refs)
+
+
+def test_calibrate_references_refines_the_offset_with_the_broadening_held_at_zero():
+    # with max_broadening_ev=0 the Nelder-Mead simplex had a vertex at broadening -0.1 eV (cost inf): the offset
+    # stayed on its 0.1 eV grid (-0.25 for a true -0.27) or, with `start`, where it started
+    e = np.arange(700.0, 730.0, 0.25)
+    a, b = np.meshgrid(np.linspace(10, 80, 5), np.linspace(5, 70, 4))
+    od = _od(a, b, 0.02, e, refs=xanes.reference_spectra(e - 0.27))
+    for kwargs in ({}, {"start": (0.0, 0.0)}, {"start": (0.4, 0.0)}):
+        cal = xanes.calibrate_references(od, max_broadening_ev=0.0, **kwargs)
+        assert abs(cal.attrs["energy_offset_ev"] + 0.27) < 0.005, kwargs
+        assert cal.attrs["broadening_ev"] == 0.0
+    # a search range smaller than the simplex steps: the search stays inside it
+    small = xanes.calibrate_references(od, max_offset_ev=0.03, max_broadening_ev=0.05)
+    assert abs(small.attrs["energy_offset_ev"]) <= 0.03 and 0.0 <= small.attrs["broadening_ev"] <= 0.05
+    assert small.attrs["energy_offset_ev"] < -0.02  # pushed to the end of its range, towards -0.27
