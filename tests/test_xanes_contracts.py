@@ -1598,3 +1598,42 @@ def test_calibrate_references_refines_the_offset_with_the_broadening_held_at_zer
     small = xanes.calibrate_references(od, max_offset_ev=0.03, max_broadening_ev=0.05)
     assert abs(small.attrs["energy_offset_ev"]) <= 0.03 and 0.0 <= small.attrs["broadening_ev"] <= 0.05
     assert small.attrs["energy_offset_ev"] < -0.02  # pushed to the end of its range, towards -0.27
+
+
+# ============================================================== exact dims and coordinates of every result
+
+
+def test_every_result_has_exactly_its_documented_dims_and_coordinates(hand_stack, hand_map, two_phase_od):
+    stack = hand_stack[0]
+    od = xanes.optical_density(stack)
+    assert dict(od.sizes) == {"energy": E.size, "y": NY, "x": NX}
+    assert set(od.coords) == {"energy", "y", "x", "incident"}
+    fit = xanes.fit_spectra(od)
+    assert dict(fit.sizes) == {"y": NY, "x": NX} and set(fit.coords) == {"y", "x"}
+    assert dict(hand_map.sizes) == {"y": NY, "x": NX, "energy": E.size, "axis": 2}
+    assert set(hand_map.coords) == {"y", "x", "energy", "axis"}
+    pred = xanes.predict_od(fit, E[:3])
+    assert dict(pred.sizes) == {"energy": 3, "y": NY, "x": NX} and set(pred.coords) == {"energy", "y", "x"}
+    refs = xanes.reference_spectra(E)
+    assert dict(refs.sizes) == {"energy": E.size} and set(refs.coords) == {"energy"}
+    cal = xanes.calibrate_references(od, max_offset_ev=0.0, max_broadening_ev=0.0)
+    assert dict(cal.sizes) == {"energy": E.size} and set(cal.coords) == {"energy"}
+    pc = xanes.principal_components(od, mask=hand_map.mask.values, n_components=3)
+    assert dict(pc.sizes) == {"component": 3} and set(pc.coords) == {"component"}
+    cc = xanes.calibration_curve([0.1, 0.2], [0.1, 0.1], [0.1, 0.1], k=[1.0, 2.0])
+    assert dict(cc.sizes) == {"k": 2} and set(cc.coords) == {"k"}
+    norm = xanes.normalise_edge(od)
+    assert set(norm.coords) == {"energy", "y", "x", "incident", "edge_step"}
+    ee = xanes.edge_energy(norm.assign_coords(edge_step=norm.edge_step))
+    assert ee.dims == ("y", "x") and set(ee.coords) == {"y", "x"}
+    comp = xanes.fit_components(norm, refs, normalise=False)
+    assert dict(comp.sizes) == {"y": NY, "x": NX} and set(comp.coords) == {"y", "x"}
+    c = xanes.cluster_spectra(two_phase_od, mask=np.ones((8, 10), bool), n_clusters=2, n_components=2, rng=0)
+    assert dict(c.sizes) == {"y": 8, "x": 10, "cluster": 2, "energy": two_phase_od.sizes["energy"],
+                             "component": 2}
+    assert set(c.coords) == {"energy", "cluster", "component", "y"}
+    c2 = xanes.cluster_spectra(xanes.normalise_edge(two_phase_od), mask=np.ones((8, 10), bool), n_clusters=2,
+                               normalise=None, rng=0)
+    assert "edge_step" not in c2.coords
+    d = xanes.estimate_drift(stack, refine=0, calibrate=False)
+    assert dict(d.sizes) == {"energy": E.size, "axis": 2} and set(d.coords) == {"energy", "axis"}
