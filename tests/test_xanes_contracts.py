@@ -1637,3 +1637,37 @@ def test_every_result_has_exactly_its_documented_dims_and_coordinates(hand_stack
     assert "edge_step" not in c2.coords
     d = xanes.estimate_drift(stack, refine=0, calibrate=False)
     assert dict(d.sizes) == {"energy": E.size, "axis": 2} and set(d.coords) == {"energy", "axis"}
+
+
+def test_particle_is_thicker_than_five_robust_sds_of_the_background():
+    # documented rule: thickness > median + 5 * 1.4826 * MAD of the background's thickness, without components
+    # of fewer than 5 px; a thin wedge (0-3 nm) puts pixels on both sides of that level
+    from scipy import ndimage
+
+    from chemomech.xanes import _edge_jump, _otsu_particle
+
+    ny, nx = 30, 36
+    yy, xx = np.mgrid[:ny, :nx]
+    disc = (yy - 10.0) ** 2 + (xx - 10.0) ** 2 <= 36.0
+    lfp = np.where(disc, 60.0, 0.0)
+    fp = np.zeros((ny, nx))
+    wedge = (yy >= 22) & (yy < 26) & (xx >= 4) & (xx < 34)
+    fp[wedge] = (3.0 * (xx - 4) / 29.0)[wedge]
+    od = _od(lfp, fp, 0.0, E).values
+    rng = np.random.default_rng(135)
+    stack = _stack(1000.0 * np.exp(-od) * (1.0 + rng.normal(0.0, 0.002, od.shape)), E)
+    res = xanes.map_lithium(stack, align=False, calibrate=False)
+    o = xanes.optical_density(stack)
+    t = xanes.fit_spectra(o).thickness.values
+    bg = ~ndimage.binary_dilation(_otsu_particle(_edge_jump(o.values, E)), iterations=4)
+    med = np.median(t[bg])
+    mad = 1.4826 * np.median(np.abs(t[bg] - med))
+
+    def count(n_sd):
+        part = t > med + n_sd * mad
+        lab, n = ndimage.label(part)
+        sizes = np.bincount(lab.ravel(), minlength=n + 1)
+        return int((part & (sizes[lab] >= 5)).sum())
+
+    assert res.attrs["n_particle"] == count(5.0)
+    assert count(4.0) > count(5.0) > count(6.0) > disc.sum()  # the wedge straddles the level
