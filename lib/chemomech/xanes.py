@@ -648,6 +648,8 @@ def _align(stack, refs, *, background, refine, sigma_px, upsample_factor, smooth
 
 def _resolve_references(refs: xr.Dataset) -> tuple[list[str], np.ndarray, np.ndarray]:
     names = [k for k, v in refs.data_vars.items() if v.dims == ("energy",)]
+    if not names:  # the callers say so by name
+        return names, np.zeros(0), np.zeros((0, 0))
     return names, refs["energy"].values.astype(float), np.stack([refs[k].values.astype(float) for k in names], axis=1)
 
 
@@ -752,12 +754,23 @@ def calibrate_references(od: xr.DataArray, *, references: xr.Dataset | None = No
         x0 = np.clip(np.asarray(start, float), [-max_off, 0.0], [max_off, max_bw])
         c0 = cost(x0)
     if max_off > 0 or max_bw > 0:
-        simplex = [x0, x0 + [0.05 if x0[0] < max_off - 0.05 else -0.05, 0.0],
-                   x0 + [0.0, 0.1 if x0[1] < max_bw - 0.1 else -0.1]]
-        res = minimize(cost, x0, method="Nelder-Mead",
+        # Nelder-Mead over the parameters with a non-zero range only (a zero range holds that one fixed;
+        # a simplex vertex outside the range would cost inf and stall the search on the grid point)
+        free = [i for i, m in enumerate((max_off, max_bw)) if m > 0]
+        size = (min(0.05, max_off), min(0.1, max_bw))
+        move = [size[i] if x0[i] < (max_off, max_bw)[i] - size[i] else -size[i] for i in range(2)]
+        simplex = [x0[free]] + [x0[free] + move[i] * np.eye(len(free))[j] for j, i in enumerate(free)]
+
+        def sub_cost(z, x0=x0):
+            x = x0.copy()
+            x[free] = z
+            return cost(x)
+
+        res = minimize(sub_cost, x0[free], method="Nelder-Mead",
                        options={"xatol": 2e-3, "fatol": 1e-9 * abs(c0), "initial_simplex": simplex, "maxiter": 200})
         if np.isfinite(res.fun) and res.fun <= c0:
-            x0 = res.x
+            x0 = x0.copy()
+            x0[free] = res.x
     de, fw = float(x0[0]), max(float(x0[1]), 0.0)
     mu = model(de, fw)
     out = xr.Dataset({k: ("energy", mu[:, i], dict(refs[k].attrs)) for i, k in enumerate(names)},
