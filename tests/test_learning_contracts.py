@@ -795,3 +795,65 @@ def test_learn_stacks_checks_its_registration_error():
         raises_exactly(ValueError, rf"registration_sd_px must be a finite number >= 0, got {bad!r}",
                        learning.learn_stacks, [], registration_sd_px=bad)
     raises_exactly(ValueError, r"n_perturb must be an int >= 2, got 1", learning.learn_stacks, [], n_perturb=1)
+
+
+def _stack(name, seed, *, sigma=0.02, offset=(0.0, 0.0, 0.0)):
+    s, X, mask = particle(24, 26, 11.0, name=name, offset=offset, spacing=4.0)
+    g = np.random.default_rng(seed)
+    ds = s.copy()
+    ds["X"] = X + g.normal(0, sigma, X.shape) * mask if sigma else X
+    ds["X_sigma"] = X.copy(data=np.where(mask, sigma if sigma else np.nan, np.nan))
+    ds["thickness"] = X.copy(data=np.where(mask, 1.0, np.nan))
+    ds["theta"] = X.copy(data=np.where(mask, 0.0, np.nan))
+    ds["mask"] = (("y", "x"), mask)
+    ds.attrs.update(particle=name, crystal_angle_rad=0.0)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def stacks():
+    return [_stack(f"S{i}", i, offset=(0.002 * i, -0.001 * i, 0.0)) for i in range(3)]
+
+
+def test_learn_stacks_summary_holds_its_documented_entries(stacks):
+    model, aligned, summary = learning.learn_stacks(stacks, max_degree=1, n_boot=6, seed=4, stiffness_uncertainty=0.0)
+    assert len(aligned) == 3 and all(a.attrs["crystal_angle_rad"] == 0.0 for a in aligned)
+    assert set(summary) == {"slopes", "slope_interval", "mean_slope", "degree", "pixels", "X", "mean_range", "level",
+                            "interval_terms", "sigma_X", "particles", "reference_strain", "crystal_angle_rad"}
+    slope = model.derivative([0.5])[0]
+    lo, hi = model.interval([0.5])
+    assert summary["slopes"] == {"aa": pytest.approx(slope[0]), "cc": pytest.approx(slope[1])}
+    assert summary["slope_interval"] == {"aa": [pytest.approx(lo[0, 0]), pytest.approx(hi[0, 0])],
+                                         "cc": [pytest.approx(lo[0, 1]), pytest.approx(hi[0, 1])]}
+    mean = model.derivative(np.linspace(0.2, 0.8, 61)).mean(axis=0)
+    assert summary["mean_slope"] == {"aa": pytest.approx(mean[0]), "cc": pytest.approx(mean[1])}
+    assert summary["degree"] == model.degree == 1 and isinstance(summary["degree"], int)
+    assert summary["pixels"] == sum(int(a["mask"].sum()) for a in aligned)
+    assert summary["X"] == 0.5 and summary["mean_range"] == [0.2, 0.8] and summary["level"] == 0.95
+    assert summary["interval_terms"] == list(model.interval_terms) == ["bootstrap (both)", "SIMEX shift"]
+    assert summary["sigma_X"] == pytest.approx(0.02)
+    assert summary["particles"] == ["S0", "S1", "S2"]
+    assert set(summary["reference_strain"]) == {"S0", "S1", "S2"}
+    assert all(len(v) == 3 and all(isinstance(x, float) for x in v) for v in summary["reference_strain"].values())
+    assert summary["crystal_angle_rad"] == {"S0": 0.0, "S1": 0.0, "S2": 0.0}
+    # the law of the stacks (slopes 0.05, -0.02), SIMEX-corrected for the X noise
+    assert_allclose(slope, SLOPES, rtol=0.05)
+    # the offsets of the stacks are the reference lattices relative to FePO4: e_ref = -o / (1 + o)
+    ref = np.array(summary["reference_strain"]["S2"])
+    assert_allclose(ref[:2], [-0.004 / 1.004, 0.002 / 0.998], atol=5e-4)
+
+
+def test_learn_stacks_without_x_sigma_and_with_a_registration_term(stacks):
+    exact = [_stack(f"E{i}", i, sigma=0.0) for i in range(3)]
+    model, _, summary = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.1,
+                                              n_perturb=2)
+    assert summary["sigma_X"] is None
+    # n_perturb counts the registration refits; the stiffness term keeps fit_eigenstrain's default (8)
+    assert summary["interval_terms"] == ["bootstrap (both)", "stiffness ±10% per constant (8 refits)"]
+    assert_allclose(model.derivative([0.5])[0], SLOPES, rtol=0.03)
+    _, _, reg = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0,
+                                      registration_sd_px=0.5, n_perturb=2)
+    assert reg["interval_terms"] == ["bootstrap (both)", "registration ±0.5 px RMS (2 refits)"]
+    # a spread term, not a shift: the slopes are those of the plain fit
+    _, _, plain = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0)
+    assert reg["slopes"] == plain["slopes"]
