@@ -857,3 +857,108 @@ def test_learn_stacks_without_x_sigma_and_with_a_registration_term(stacks):
     # a spread term, not a shift: the slopes are those of the plain fit
     _, _, plain = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0)
     assert reg["slopes"] == plain["slopes"]
+
+
+# --- cross-validation, SIMEX and bootstrap against independent refits ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trio():
+    g = np.random.default_rng(3)
+    out = []
+    for i in range(3):
+        s, X, m = particle(16, 18, 7.5, name=f"C{i}", offset=(0.001 * i, 0.0, 0.0))
+        s = s.copy()
+        for v in ("exx", "eyy", "exy"):
+            s[v] = s[v] + g.normal(0, 5e-4, s[v].shape)
+        out.append((s, X, m))
+    return out
+
+
+def test_leave_one_particle_out_error_is_the_held_out_residual(trio):
+    # the CV error of fold f is the mean squared residual of particle f under the law fitted on the others, its
+    # offsets being its mean residual: exactly what EigenstrainModel.residual reports (attrs["rms"] squared)
+    m = fit_eigenstrain([p[0] for p in trio], [p[1] for p in trio], max_degree=2, n_boot=0, rng=0)
+    assert m.cv.mse.shape == (2, 3)
+    for f in range(3):
+        train = [p for j, p in enumerate(trio) if j != f]
+        for d in (1, 2):
+            mm = fit_eigenstrain([p[0] for p in train], [p[1] for p in train], degree=d, n_boot=0)
+            rms = mm.residual(trio[f][0], trio[f][1]).attrs["rms"]
+            assert m.cv.mse.values[d - 1, f] == pytest.approx(rms**2, rel=1e-9)
+
+
+def test_degree_selection_takes_the_smallest_within_one_standard_error():
+    degrees = np.array([1, 2, 3])
+    # fold errors: degree 3 is best; degree 2 is worse by a paired difference whose mean is within one SE
+    err = np.array([[5.0, 6.0, 7.0, 8.0], [1.3, 0.7, 1.1, 1.1], [1.0, 1.0, 1.0, 1.0]])   # mean 0.05, SE 0.126
+    assert learning._select_degree(degrees, err) == 2
+    # degree 2 consistently worse (mean difference 0.2, SE 0): not within, the best is taken
+    err2 = np.array([[5.0, 6.0, 7.0, 8.0], [1.2, 1.2, 1.2, 1.2], [1.0, 1.0, 1.0, 1.0]])
+    assert learning._select_degree(degrees, err2) == 3
+    # exactly equal errors: the smallest degree
+    assert learning._select_degree(degrees, np.ones((3, 4))) == 1
+    # a single fold has no standard error: only ties count
+    assert learning._select_degree(degrees, np.array([[2.0], [1.0], [1.0]])) == 2
+    # the mean difference equals one SE: still within (<=)
+    d = np.array([0.0, 2.0])   # mean 1, sd 1.414..., se = 1
+    err3 = np.array([[1.0 + d[0], 1.0 + d[1]], [1.0, 1.0], [3.0, 3.0]])
+    assert learning._select_degree(degrees, err3) == 1
+
+
+def test_simex_fit_is_the_quadratic_extrapolation_of_refits_with_added_noise(trio):
+    # with a noise "draw" that is always the same map, the SIMEX curve is deterministic: the coefficients and the CV
+    # errors at lambda = 0, 0.5, 1, 1.5, 2 are those of plain fits with X + sqrt(lambda) * d, and the corrected
+    # values are their quadratic fits evaluated at lambda = -1 (errors floored at 0)
+    g = np.random.default_rng(8)
+    ds = [0.03 * g.standard_normal(p[1].shape) for p in trio]
+    S, Xs = [p[0] for p in trio], [p[1] for p in trio]
+    sim = fit_eigenstrain(S, Xs, max_degree=2, n_boot=0, rng=5, X_noise=[lambda _g, d=d: d for d in ds],
+                          simex_n_sim=2)
+    lam = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    coefs, errs = [], []
+    for lv in lam:
+        Xl = [x.copy(data=x.values + np.sqrt(lv) * d) for x, d in zip(Xs, ds)]
+        coefs.append(fit_eigenstrain(S, Xl, degree=sim.degree, n_boot=0).coef.ravel())
+        errs.append(fit_eigenstrain(S, Xl, max_degree=2, n_boot=0, rng=5).cv.mse.values.ravel())
+    quad = np.polynomial.polynomial.polyfit(lam, np.array(coefs), 2)
+    assert_allclose(sim.coef.ravel(), quad[0] - quad[1] + quad[2], rtol=1e-7, atol=1e-12)
+    qe = np.polynomial.polynomial.polyfit(lam, np.array(errs), 2)
+    assert_allclose(sim.cv.mse.values.ravel(), np.maximum(qe[0] - qe[1] + qe[2], 0.0), rtol=1e-7, atol=1e-16)
+    assert sim.cv.attrs["simex"] == 1
+    # the same with white noise of the given sigma_X is a different (random) correction, but recorded alike
+    white = fit_eigenstrain(S, Xs, degree=1, n_boot=3, rng=5, sigma_X=0.03, simex_n_sim=1)
+    assert white.interval_terms == ("bootstrap (both)", "SIMEX shift")
+
+
+def test_simex_shift_moves_the_replicates_onto_the_corrected_estimate(trio):
+    S, Xs = [p[0] for p in trio], [p[1] for p in trio]
+    g = np.random.default_rng(9)
+    ds = [0.03 * g.standard_normal(p[1].shape) for p in trio]
+    plain = fit_eigenstrain(S, Xs, degree=1, n_boot=8, rng=2)
+    sim = fit_eigenstrain(S, Xs, degree=1, n_boot=8, rng=2, X_noise=[lambda _g, d=d: d for d in ds], simex_n_sim=1)
+    # the bootstrap draws the same blocks (the same generator state after a deterministic SIMEX), shifted by the
+    # SIMEX correction of the estimate
+    assert_allclose(sim.coef_boot - sim.coef, plain.coef_boot - plain.coef, atol=1e-12)
+    assert not np.allclose(sim.coef, plain.coef)
+
+
+def test_block_bootstrap_spread_matches_the_least_squares_error():
+    # white strain noise: the block bootstrap SD of the slope is close to the spread of refits on new noise
+    s, X, mask = particle(32, 34, 15.5)
+    g = np.random.default_rng(4)
+
+    def noisy():
+        out = s.copy()
+        for v in ("exx", "eyy", "exy"):
+            out[v] = out[v] + g.normal(0, 1e-3, s[v].shape)
+        return out
+
+    m = fit_eigenstrain(noisy(), X, degree=1, n_boot=150, block_px=4, rng=1)
+    boot_sd = m.coef_boot.std(axis=0, ddof=1)
+    refits = np.array([fit_eigenstrain(noisy(), X, degree=1, n_boot=0).coef for _ in range(30)])
+    true_sd = refits.std(axis=0, ddof=1)
+    assert_allclose(boot_sd, true_sd, rtol=0.5)
+    # all replicates differ (resampling is random) and centre on the estimate
+    assert np.unique(m.coef_boot[:, 0, 0]).size == 150
+    assert_allclose(m.coef_boot.mean(axis=0), m.coef, atol=3 * boot_sd.max() / np.sqrt(150) + 1e-12)
