@@ -962,3 +962,31 @@ def test_block_bootstrap_spread_matches_the_least_squares_error():
     # all replicates differ (resampling is random) and centre on the estimate
     assert np.unique(m.coef_boot[:, 0, 0]).size == 150
     assert_allclose(m.coef_boot.mean(axis=0), m.coef, atol=3 * boot_sd.max() / np.sqrt(150) + 1e-12)
+
+
+def test_prediction_names_a_split_mask_and_a_split_map():
+    s, X, mask = particle()
+    law = EigenstrainModel.from_law(_line, 1)
+    cut = mask.copy()
+    cut[:, 7] = False
+    raises_exactly(ValueError, r"mask: mask must be one edge-connected region, got 2 pieces; keep the largest with "
+                   r"scipy\.ndimage\.label first", law.predict_strain, X, cut)
+    raises_exactly(ValueError, r"mask \(P9\): mask must be one edge-connected region, got 2 pieces; .*",
+                   law.predict_strain, X.assign_attrs(particle="P9"), cut)
+    Xc = X.copy(data=np.where(cut, X.values, np.nan))
+    raises_exactly(ValueError, r"the finite pixels of X form 2 pieces, but the finite-element model needs one "
+                   r"edge-connected particle; .*", law.predict_strain, Xc)
+    # a default mask of finite pixels with an enclosed hole: the hole belongs to the body, reported as NaN
+    hole = X.copy(data=X.values.copy())
+    hole.values[5, 6] = np.nan
+    with pytest.warns(DataWarning, match=r"^mask: 1 of 96 pixels have a non-finite strain or X"):
+        pred = law.predict_strain(hole)
+    assert np.isnan(pred.exx.values[5, 6]) and pred["mask"].values.sum() == 95
+
+
+def test_progress_bar_only_when_asked(one, capsys):
+    s, X, _ = one
+    fit_eigenstrain(s, X, degree=1, n_boot=0)
+    assert "FEM responses per particle" not in capsys.readouterr().err
+    fit_eigenstrain(s, X, degree=1, n_boot=0, progress=True)
+    assert "FEM responses per particle" in capsys.readouterr().err
