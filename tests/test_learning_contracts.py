@@ -990,3 +990,59 @@ def test_progress_bar_only_when_asked(one, capsys):
     assert "FEM responses per particle" not in capsys.readouterr().err
     fit_eigenstrain(s, X, degree=1, n_boot=0, progress=True)
     assert "FEM responses per particle" in capsys.readouterr().err
+
+
+def test_simex_extrapolant_falls_back_to_the_quadratic_for_a_pole_beyond_minus_one():
+    lam = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    at = np.array([-1.0, 0.5])
+    # an exact rational curve with its pole at lambda = -0.8 (c = 0.8 <= 1): not a valid extrapolant to -1
+    y = 0.01 + 0.02 / (0.8 + lam)
+    quad = np.polyval(np.polyfit(lam, y, 2), at)
+    assert_allclose(learning._extrapolate(lam, y, "rational", at), quad, rtol=1e-9)
+    # a curve ending at exactly zero still gets the rational fit (started from a default attenuation)
+    y0 = 0.05 / (1 + 0.3 * (1 + lam))
+    y0 = y0 - y0[-1]
+    assert_allclose(learning._extrapolate(lam, y0, "rational", np.array([-1.0])), 0.05 - 0.05 / 1.9, rtol=1e-5)
+
+
+def _curved(name, seed):
+    # aa linear; cc with a minimum inside [0, 1]: d eps0_cc/dX = -0.02 + 0.1 (X - 0.5) changes sign at X = 0.7
+    s, X, mask = particle(24, 26, 11.0, name=name)
+    xv = X.values
+    s = s.copy()
+    s["eyy"] = (("y", "x"), -0.02 * xv + 0.05 * (xv - 0.5) ** 2 - 0.0125)
+    return s, X
+
+
+def test_monotonic_option_gives_one_signed_slopes_and_changes_nothing_when_already_monotone():
+    s, X = _curved("M", 0)
+    free = fit_eigenstrain(s, X, degree=2, n_boot=0)
+    xg = np.linspace(0, 1, 41)
+    assert free.derivative(xg)[:, 1].max() > 1e-3 > -1e-3 > free.derivative(xg)[:, 1].min()
+    mono = fit_eigenstrain(s, X, degree=2, n_boot=0, monotonic=True)
+    slope = mono.derivative(xg)
+    assert slope[:, 1].max() < 1e-6          # cc: negative mean slope, kept non-positive
+    assert slope[:, 0].min() > 0             # aa: already monotone
+    assert not np.allclose(mono.coef, free.coef)
+    line = particle(24, 26, 11.0)
+    a = fit_eigenstrain(line[0], line[1], degree=2, n_boot=0)
+    b = fit_eigenstrain(line[0], line[1], degree=2, n_boot=0, monotonic=True)
+    assert_allclose(b.coef, a.coef, rtol=1e-12)
+
+
+def test_smoothness_penalises_curvature():
+    s, X = _curved("K", 0)
+    free = fit_eigenstrain(s, X, degree=3, n_boot=0)
+    zero = fit_eigenstrain(s, X, degree=3, n_boot=0, smoothness=0.0)
+    assert_allclose(zero.coef, free.coef, rtol=1e-12)
+    xg = np.linspace(0, 1, 201)
+
+    def curvature(m):
+        b2 = learning.legendre_basis(xg, 3, derivative=2) @ m.coef.T
+        return np.mean(b2**2, axis=0)   # uniform grid on [0, 1]: the mean is the integral (to O(h))
+
+    c = [curvature(fit_eigenstrain(s, X, degree=3, n_boot=0, smoothness=w)) for w in (0.0, 1e-3, 1e-1)]
+    assert c[2][1] < c[1][1] < c[0][1]
+    # a straight line has no curvature to penalise: degree 1 ignores the smoothness
+    one = fit_eigenstrain(s, X, degree=1, n_boot=0, smoothness=10.0)
+    assert_allclose(one.coef, fit_eigenstrain(s, X, degree=1, n_boot=0).coef, rtol=1e-12)
