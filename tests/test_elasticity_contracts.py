@@ -372,3 +372,42 @@ def test_check_uniform_eigenstrain_options():
 def test_mean_edge_length_by_hand():
     mesh = skfem.MeshTri(np.array([[0.0, 3.0, 0.0], [0.0, 0.0, 4.0]]), np.array([[0], [1], [2]]))
     assert el.mean_edge_length(mesh) == pytest.approx((3 + 4 + 5) / 3)
+
+
+def test_a_constant_callable_stiffness_is_the_array_stiffness(star):
+    q = el.stiffness_ac(0.6)
+    e0 = lambda x, y: (0.01 * np.tanh(y / 3), 0.004 * np.sin(x / 4), 0.001 + 0 * x)   # noqa: E731
+    a = el.ElasticProblem(star, stiffness=q).solve(e0)
+    b = el.ElasticProblem(star, stiffness=lambda x, y: q[:, :, None, None]).solve(e0)
+    assert_allclose(b.element_strain(), a.element_strain(), rtol=1e-10, atol=1e-15)
+    assert_allclose(b.element_stress(), a.element_stress(), rtol=1e-10, atol=1e-12)
+    assert np.abs(a.element_stress()).max() > 0.01
+
+
+def test_stiffness_symmetry_and_definiteness_bounds(pixel):
+    q = el.stiffness_ac()
+    tiny = q.copy()
+    tiny[0, 1] += 1e-12 * q[0, 1]      # rounding-level asymmetry: accepted
+    el.ElasticProblem(pixel, stiffness=tiny)
+    off = q.copy()
+    off[0, 1] *= 1 + 1e-6              # a real asymmetry: refused
+    raises_exactly(ValueError, r"stiffness must be symmetric", el.ElasticProblem, pixel, stiffness=off)
+    el.ElasticProblem(pixel, stiffness=np.diag([1.0, 1.0, 1e-9]))          # small but positive: accepted
+    raises_exactly(ValueError, r"stiffness must be positive definite", el.ElasticProblem, pixel,
+                   stiffness=np.diag([1.0, 1.0, -1e-9]))
+
+
+def test_sample_on_a_mesh_with_fewer_triangles_than_candidates():
+    # two triangles (the unit square): fewer than the 12 candidate triangles tried per point
+    mesh = skfem.MeshTri(np.array([[0.0, 4.0, 4.0, 0.0], [0.0, 0.0, 4.0, 4.0]]), np.array([[0, 0], [1, 2], [2, 3]]))
+    sol = _solution_of(el.ElasticProblem(mesh), _quadratic)
+    g = np.random.default_rng(2)
+    x, y = g.uniform(0, 4, 50), g.uniform(0, 4, 50)
+    assert_allclose(sol.sample(y, x), _quadratic_strain(x, y), rtol=1e-9, atol=1e-14)
+    # on the shared diagonal and at the corners
+    t = np.linspace(0, 4, 5)
+    assert_allclose(sol.sample(t, t), _quadratic_strain(t, t), rtol=1e-9, atol=1e-14)
+    # outside by less than an element (the longest edge, 4): extrapolated; further: NaN
+    out = sol.sample([2.0, 2.0], [5.0, 9.0])
+    assert_allclose(out[:, 0], _quadratic_strain(np.array([5.0]), np.array([2.0]))[:, 0], rtol=1e-9)
+    assert np.isnan(out[:, 1]).all()
