@@ -1046,3 +1046,16 @@ def test_smoothness_penalises_curvature():
     # a straight line has no curvature to penalise: degree 1 ignores the smoothness
     one = fit_eigenstrain(s, X, degree=1, n_boot=0, smoothness=10.0)
     assert_allclose(one.coef, fit_eigenstrain(s, X, degree=1, n_boot=0).coef, rtol=1e-12)
+
+
+def test_prediction_refuses_a_map_that_is_not_a_li_fraction():
+    s, X, mask = particle()
+    law = EigenstrainModel.from_law(_line, 1)
+    raises_exactly(ValueError, r"X must be a Li fraction: values slightly outside \[0, 1\] from noise are accepted, "
+                   r"but inside the mask they must lie in \[-0\.5, 1\.5\]; got values in \[2\.16, 2\.84\]\. Is it a Li "
+                   r"fraction\?", law.predict_strain, X + 2.0)
+    raises_exactly(ValueError, r"X must have dims \('y', 'x'\), got \('x', 'y'\); use \.transpose\(\.\.\.\) or "
+                   r"\.rename\(\.\.\.\) first", law.predict_strain, X.T)
+    # noisy X a little outside [0, 1] is predicted with the law extended (not clipped)
+    pred = law.predict_strain(X + 0.3)
+    assert np.isfinite(pred.exx.values[mask]).all() and np.nanmax(pred.exx.values) > 0.05
