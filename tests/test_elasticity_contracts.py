@@ -411,3 +411,14 @@ def test_sample_on_a_mesh_with_fewer_triangles_than_candidates():
     out = sol.sample([2.0, 2.0], [5.0, 9.0])
     assert_allclose(out[:, 0], _quadratic_strain(np.array([5.0]), np.array([2.0]))[:, 0], rtol=1e-9)
     assert np.isnan(out[:, 1]).all()
+
+
+def test_check_eshelby_defaults_are_the_documented_ones():
+    # defaults: 5 refinements of the unit disk, inclusion radius 0.25, nu = 0.3, eigenstrain 0.01, 400 points
+    r = el.check_eshelby()
+    assert r["h"] == pytest.approx(el.mean_edge_length(el.mesh_star_domain(lambda p: np.ones_like(p), nrefs=5)),
+                                   rel=1e-14)
+    assert r["exact"] == pytest.approx(el.eshelby_disk_strain(0.01, 0.3, 0.0625), rel=1e-14)
+    same = el.check_eshelby(nrefs=5, radius_ratio=0.25, poisson=0.3, eigenstrain=0.01, n_points=400)
+    assert same == r
+    assert el.check_eshelby(n_points=399)["fem_mean"] != r["fem_mean"]
