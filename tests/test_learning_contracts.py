@@ -1059,3 +1059,44 @@ def test_prediction_refuses_a_map_that_is_not_a_li_fraction():
     # noisy X a little outside [0, 1] is predicted with the law extended (not clipped)
     pred = law.predict_strain(X + 0.3)
     assert np.isfinite(pred.exx.values[mask]).all() and np.nanmax(pred.exx.values) > 0.05
+
+
+def test_a_nan_hole_is_filled_by_interpolation_clipped_to_a_li_fraction():
+    # biharmonic inpainting reproduces a linear ramp exactly, so a hole in a ramp predicts as the full map does at
+    # every other pixel; where the ramp exceeds 1, the filled value is clipped to 1 (module docstring)
+    s, X, mask = particle()
+    law = EigenstrainModel.from_law(_line, 1)
+    full = law.predict_strain(X)
+    hole = X.copy(data=X.values.copy())
+    hole.values[5, 6] = np.nan
+    with pytest.warns(DataWarning):
+        got = law.predict_strain(hole, mask)
+    other = mask.copy()
+    other[5, 6] = False
+    for v in ("exx", "eyy", "exy"):
+        assert_allclose(got[v].values[other], full[v].values[other], rtol=1e-7, atol=1e-12)
+    high = X + 0.45                                 # values up to 1.3 at the right edge (still a noisy Li map)
+    r, c = 6, 11
+    assert mask[r, c] and high.values[r, c] > 1.05
+    holed = high.copy(data=high.values.copy())
+    holed.values[r, c] = np.nan
+    clipped = high.copy(data=high.values.copy())
+    clipped.values[r, c] = 1.0
+    other = mask.copy()
+    other[r, c] = False
+    with pytest.warns(DataWarning):
+        a = law.predict_strain(holed, mask)
+    b = law.predict_strain(clipped, mask)
+    assert_allclose(a.exx.values[other], b.exx.values[other], rtol=1e-7, atol=1e-12)
+    assert not np.allclose(a.exx.values[other], law.predict_strain(high, mask).exx.values[other], rtol=1e-9)
+
+
+def test_from_law_is_a_least_squares_projection_on_201_points():
+    def law(x):
+        x = np.asarray(x, float)
+        return np.stack([np.sin(3 * x) + 0.2, x**3], axis=-1)
+
+    m = EigenstrainModel.from_law(law, 2)
+    xg = np.linspace(0, 1, 201)
+    want = np.linalg.lstsq(learning.legendre_basis(xg, 2), law(xg) - law(np.zeros(1)), rcond=None)[0].T
+    assert_allclose(m.coef, want, rtol=1e-12)
