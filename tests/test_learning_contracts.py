@@ -1100,3 +1100,15 @@ def test_from_law_is_a_least_squares_projection_on_201_points():
     xg = np.linspace(0, 1, 201)
     want = np.linalg.lstsq(learning.legendre_basis(xg, 2), law(xg) - law(np.zeros(1)), rcond=None)[0].T
     assert_allclose(m.coef, want, rtol=1e-12)
+
+
+def test_learn_stacks_defaults_are_the_documented_ones(stacks):
+    # defaults: max_degree 3, n_boot 200, seed 0, stiffness_uncertainty 0.1 (fit_eigenstrain's 8 refits), no
+    # registration term
+    model, _, summary = learning.learn_stacks(stacks)
+    assert model.cv.degree.values.tolist() == [1, 2, 3]
+    assert model.coef_boot.shape[0] == 200 * 8
+    assert summary["interval_terms"] == ["bootstrap (both)", "SIMEX shift", "stiffness ±10% per constant (8 refits)"]
+    # the point estimate depends on the seed (CV folds, SIMEX draws), not on the interval options: seed 0 by default
+    _, _, cheap = learning.learn_stacks(stacks, seed=0, n_boot=2, stiffness_uncertainty=0.0)
+    assert cheap["slopes"] == summary["slopes"] and cheap["degree"] == summary["degree"]
