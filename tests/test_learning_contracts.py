@@ -851,9 +851,14 @@ def test_learn_stacks_without_x_sigma_and_with_a_registration_term(stacks):
     # n_perturb counts the registration refits; the stiffness term keeps fit_eigenstrain's default (8)
     assert summary["interval_terms"] == ["bootstrap (both)", "stiffness ±10% per constant (8 refits)"]
     assert_allclose(model.derivative([0.5])[0], SLOPES, rtol=0.03)
-    _, _, reg = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0,
-                                      registration_sd_px=0.5, n_perturb=2)
-    assert reg["interval_terms"] == ["bootstrap (both)", "registration ±0.5 px RMS (2 refits)"]
+    reg_model, _, reg = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0,
+                                              registration_sd_px=0.5, n_perturb=3)
+    assert reg["interval_terms"] == ["bootstrap (both)", "registration ±0.5 px RMS (3 refits)"]
+    # every bootstrap replicate combined with every (centred) registration refit
+    assert reg_model.coef_boot.shape == (4 * 3, 2, 1)
+    spread = reg_model.coef_boot.reshape(4, 3, 2, 1) - reg_model.coef_boot.reshape(4, 3, 2, 1)[:, :1]
+    assert_allclose(spread[0], spread[3], atol=1e-15)        # the same deltas for each replicate
+    assert np.abs(spread).max() > 0                          # misplaced X maps change the law
     # a spread term, not a shift: the slopes are those of the plain fit
     _, _, plain = learning.learn_stacks(exact, max_degree=1, n_boot=4, seed=1, stiffness_uncertainty=0.0)
     assert reg["slopes"] == plain["slopes"]
