@@ -1117,3 +1117,13 @@ def test_learn_stacks_defaults_are_the_documented_ones(stacks):
     # the point estimate depends on the seed (CV folds, SIMEX draws), not on the interval options: seed 0 by default
     _, _, cheap = learning.learn_stacks(stacks, seed=0, n_boot=2, stiffness_uncertainty=0.0)
     assert cheap["slopes"] == summary["slopes"] and cheap["degree"] == summary["degree"]
+
+
+def test_all_nan_maps_without_a_mask_are_refused_by_name():
+    s, X, mask = particle()
+    raises_exactly(ValueError, r"X contains no finite values \(all NaN or inf\)", fit_eigenstrain, s,
+                   X.copy(data=np.full(X.shape, np.nan)), degree=1)
+    nan_strain = s.assign(exx=s.exx * np.nan)
+    raises_exactly(ValueError, r"mask selects 0 pixels; at least 1 needed", fit_eigenstrain, nan_strain, X, degree=1)
+    raises_exactly(ValueError, r"X contains no finite values \(all NaN or inf\)", learning.naive_regression,
+                   s, X.copy(data=np.full(X.shape, np.nan)))
