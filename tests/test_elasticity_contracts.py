@@ -244,9 +244,10 @@ def test_sample_interpolates_an_exact_quadratic_field_everywhere(star):
     assert_allclose(sol.element_strain(), _quadratic_strain(cx, cy), rtol=1e-9, atol=1e-14)
     # a point slightly outside the polygon (less than an element away) is extrapolated linearly: exact here too;
     # a point far outside is NaN
-    out = sol.sample([0.0, 0.0], [11.2, 40.0])
+    # (the boundary is at x = 11 here; elements are up to 4.8 long: 20 is twice that beyond the nearest centroid)
+    out = sol.sample([0.0, 0.0, 0.0], [11.2, 20.0, 40.0])
     assert_allclose(out[:, 0], _quadratic_strain(np.array([11.2]), np.array([0.0]))[:, 0], rtol=1e-9)
-    assert np.isnan(out[:, 1]).all()
+    assert np.isnan(out[:, 1:]).all()
     assert sol.sample(0.0, 0.0).shape == (4,)
 
 
