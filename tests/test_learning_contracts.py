@@ -1127,3 +1127,36 @@ def test_all_nan_maps_without_a_mask_are_refused_by_name():
     raises_exactly(ValueError, r"mask selects 0 pixels; at least 1 needed", fit_eigenstrain, nan_strain, X, degree=1)
     raises_exactly(ValueError, r"X contains no finite values \(all NaN or inf\)", learning.naive_regression,
                    s, X.copy(data=np.full(X.shape, np.nan)))
+
+
+def test_rational_extrapolant_accepts_a_pole_just_beyond_minus_one():
+    # c = 1.5: the pole at lambda = -1.5 lies beyond -1, a valid extrapolant, so the rational fit is used (exact)
+    lam = np.array([0.0, 0.5, 1.0, 1.5, 2.0])
+    y = 0.01 + 0.02 / (1.5 + lam)
+    assert learning._extrapolate(lam, y, "rational", np.array([-1.0]))[0] == pytest.approx(0.05, rel=1e-5)
+
+
+def test_stiffness_perturbations_scale_four_constants_independently():
+    # Q_aa, Q_cc, Q_ac (kept symmetric) and Q_66 each by its own factor, uniform in 1 +- u; the rest unchanged
+    q = learning.elasticity.stiffness_ac() + np.array([[0, 0, 1.0], [0, 0, 2.0], [1.0, 2.0, 0]])
+    gen = np.random.default_rng(12)
+    u = 0.2
+    f = []
+    for _ in range(300):
+        p = learning._perturbed_stiffness(q, u, gen)
+        assert_allclose(p, p.T)
+        assert_allclose(p[[0, 1, 2, 2], [2, 2, 0, 1]], q[[0, 1, 2, 2], [2, 2, 0, 1]])
+        f.append([p[0, 0] / q[0, 0], p[1, 1] / q[1, 1], p[0, 1] / q[0, 1], p[2, 2] / q[2, 2]])
+    f = np.array(f)
+    assert f.min() >= 1 - u and f.max() <= 1 + u
+    assert (f.min(axis=0) < 1 - 0.9 * u).all() and (f.max(axis=0) > 1 + 0.9 * u).all()
+    c = np.corrcoef(f.T)
+    assert np.abs(c[np.triu_indices(4, 1)]).max() < 0.25      # independent factors
+
+
+def test_pixel_grid_check_uses_only_the_coordinates_given():
+    # a map with physical x coordinates and plain row indices (no y coordinate) is not refused for its pixels
+    X = xr.DataArray(np.zeros((6, 7)), dims=("y", "x"), coords={"x": np.arange(7) * 5.0})
+    learning._pixel_aspect_ok(X, "X")
+    one_row = xr.DataArray(np.zeros((1, 7)), dims=("y", "x"), coords={"y": [3.0], "x": np.arange(7) * 5.0})
+    learning._pixel_aspect_ok(one_row, "X")
