@@ -560,7 +560,10 @@ def _cross_validate(parts, nrm, degrees, *, folds, rng, smoothness, monotonic):
         fold_of_block = nrm.particle.copy()
         n_folds = nrm.n_particles
     else:
-        n_folds = 5
+        n_folds = min(5, nb)  # a small particle has fewer blocks than folds: one block per fold then
+        if n_folds < 2:
+            raise ValueError(f"cross-validation needs at least 2 spatial blocks of block_px pixels, got {nb}; "
+                             "give degree= or a smaller block_px")
         perm = rng.permutation(nb)
         fold_of_block = np.empty(nb, int)
         fold_of_block[perm] = np.arange(nb) % n_folds
@@ -986,8 +989,9 @@ def fit_eigenstrain(strain, X, *, mask=None, degree: int | None = None, stiffnes
     degree : int, optional
         Polynomial degree; ``None`` selects it in ``1 .. max_degree`` by
         cross-validation (leave-one-particle-out with ≥ 3 particles, otherwise
-        5 folds of spatial blocks), choosing the smallest degree whose CV error is
-        within one standard error (of the paired fold difference) of the best.
+        5 folds of spatial blocks, one block per fold when there are fewer),
+        choosing the smallest degree whose CV error is within one standard
+        error (of the paired fold difference) of the best.
     stiffness : array_like (3, 3), optional
         Plane-stress stiffness in the crystal frame, GPa, Voigt (xx, yy, xy) on
         engineering shear; default :func:`chemomech.elasticity.stiffness_ac`.
