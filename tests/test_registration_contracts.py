@@ -631,3 +631,16 @@ def test_clean_fills_holes_mends_gaps_and_keeps_the_plausible_piece():
     want = np.zeros((50, 50), bool)
     want[10:30, 10:30] = True
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("sigma_px, refused, found", [(0.0, 4.0, 6.0), (1.0, 1.2, 1.8)])
+def test_a_particle_must_stand_5_noise_sigmas_off_the_background(sigma_px, refused, found):
+    # white noise of sigma 1 (estimated from the border's pixel differences); after a Gaussian smoothing of
+    # sigma_px the noise is 1 / (2 sqrt(pi) sigma_px) = 0.28: the contrast thresholds are 5 and 1.41
+    yy, xx = np.mgrid[:64, :64]
+    inside = ((yy - 32) / 18) ** 2 + ((xx - 30) / 22) ** 2 < 1
+    for seed in (0, 1):
+        noise = np.random.default_rng(seed).normal(size=(64, 64))
+        with pytest.raises(ValueError, match="no particle found"):
+            reg.particle_mask(noise + refused * inside, sigma_px=sigma_px)
+        assert reg.dice(reg.particle_mask(noise + found * inside, sigma_px=sigma_px), inside) > 0.95
