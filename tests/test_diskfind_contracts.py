@@ -350,3 +350,22 @@ def test_correlate_caches_per_shape_and_matches_direct_windows(plain):
         c, frac = plain.coarse(img, np.array([0]), np.array([[16 + PAD, 18 + PAD]]), 2, cc)
         np.testing.assert_array_equal(c[0] - PAD, [16, 18])
         np.testing.assert_allclose(frac[0], [0.4, -0.4], atol=0.08)
+
+
+def test_locate_reads_a_correlation_of_the_padded_or_the_unpadded_images(plain):
+    centres, padded = _noisy(6, 14)
+    idx, guess = np.arange(6), np.tile([16.0, 18.0], (6, 1))
+    direct = plain.locate(padded, idx, guess, PAD, LIMIT, search=2)
+    for cc in (plain.correlate(padded), plain.correlate(padded[:, PAD:-PAD, PAD:-PAD])):
+        got = plain.locate(padded, idx, guess, PAD, LIMIT, search=2, cc=cc)
+        np.testing.assert_allclose(got[0], direct[0], atol=1e-4)
+        np.testing.assert_allclose(got[1], direct[1], rtol=1e-4)
+
+
+def test_with_prior_builds_the_ridge_levels_of_a_free_locator():
+    free = _diskfind.Locator(_template(), content_order=1, prior_levels=False)
+    assert free.levels.tolist() == [0.0] and free.prior is None
+    lev = free.with_prior(0.1, 2.0)
+    assert len(lev.levels) == 6 and lev.prior == pytest.approx(0.0025)
+    assert free.levels.tolist() == [0.0]  # the original is unchanged
+    np.testing.assert_allclose(lev.pen[:, 4], lev.levels)

@@ -644,3 +644,35 @@ def test_a_particle_must_stand_5_noise_sigmas_off_the_background(sigma_px, refus
         with pytest.raises(ValueError, match="no particle found"):
             reg.particle_mask(noise + refused * inside, sigma_px=sigma_px)
         assert reg.dice(reg.particle_mask(noise + found * inside, sigma_px=sigma_px), inside) > 0.95
+
+
+def test_despeckle_threshold_is_8_robust_sigmas_off_the_3x3_median():
+    rng = np.random.default_rng(4)
+    img = 0.5 * rng.normal(size=(24, 26))
+    resid = img - ndimage.median_filter(img, size=3, mode="nearest")
+    sigma = 1.4826 * np.median(np.abs(resid - np.median(resid)))  # robust sigma of the residuals
+    base = ndimage.median_filter(img, size=3, mode="nearest")
+    img[6, 7] = base[6, 7] + 6.0 * sigma  # below 8 robust sigmas: kept
+    img[15, 18] = base[15, 18] + 10.0 * sigma  # above: removed
+    img[19, 4] = base[19, 4] - 10.0 * sigma  # either sign
+    out = reg._despeckle(img)
+    assert np.argwhere(np.isnan(out)).tolist() == [[15, 18], [19, 4]]
+
+
+def test_automatic_mask_options_start_with_the_default_particle_mask():
+    _, img = _blob()
+    opts = reg._mask_options(img, None, "fixed")
+    np.testing.assert_array_equal(opts[0][1], reg.particle_mask(img))  # sigma_px=1 as particle_mask's default
+    cands = [(how, m) for sc, m, how in reg._mask_candidates(img, 1.0) if np.isfinite(sc)]
+    assert [h for h, _ in opts] == [h for h, _ in cands]
+
+
+def test_content_level_falls_back_to_the_median_when_the_low_percentile_is_background():
+    img = np.full((40, 40), 2.0)
+    img[10:30, 10:30] = 5.0
+    mask = np.zeros((40, 40), bool)
+    mask[14:26, 14:26] = True  # 144 particle pixels
+    mask[0:6, 0:8] = True  # 48 background pixels far away: 25 % of the mask, so its 10th percentile is 2
+    out = reg._content(img, mask, 0.0, 10.0)
+    # the level equals the background: the span is the median of the mask minus the background (5 - 2)
+    assert out[20, 20] == pytest.approx(1.0) and out[35, 35] == 0.0
