@@ -369,3 +369,15 @@ def test_with_prior_builds_the_ridge_levels_of_a_free_locator():
     assert len(lev.levels) == 6 and lev.prior == pytest.approx(0.0025)
     assert free.levels.tolist() == [0.0]  # the original is unchanged
     np.testing.assert_allclose(lev.pen[:, 4], lev.levels)
+
+
+def test_locate_masked_clips_far_guesses_like_locate(plain):
+    _, padded = _noisy(2, 15)
+    idx, far = np.arange(2), np.array([[-50.0, 18.0], [16.0, 90.0]])
+    pos = plain.locate(padded, idx, far, PAD, LIMIT, search=2)[0]
+    mpos, _, _ = plain.locate_masked(padded, idx, far, PAD, LIMIT, np.zeros(SHAPE, bool), search=2)
+    # the same coarse step and window: clipped into the padded margin, pad - half - search - 3 px wide
+    np.testing.assert_allclose(mpos, pos, atol=1e-4)
+    margin = PAD - plain.half - 2 - 3
+    assert -margin - 3 <= mpos[0, 0] <= -margin + 3
+    assert SHAPE[1] - 1 + margin - 3 <= mpos[1, 1] <= SHAPE[1] - 1 + margin + 3
