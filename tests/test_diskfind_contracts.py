@@ -26,12 +26,14 @@ def _raises(exc, func, *args, message, **kwargs):
     assert re.fullmatch(message, str(info.value)), str(info.value)
 
 
-@pytest.fixture(scope="module")
+# function-scoped fixtures on purpose: mutation testing runs, for a mutant of the locator's constructor, only the
+# tests that construct one; a module-scoped locator would be attributed to the first test that uses it
+@pytest.fixture
 def plain():
     return _diskfind.Locator(_template())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def content():
     # the edge locator's configuration (strain's): profile tables, content and background terms, a support
     return _diskfind.Locator(_template(), content_order=2, background_order=1, support_radius=RADIUS_PX + 2.5,

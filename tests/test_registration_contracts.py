@@ -49,8 +49,10 @@ def pair():
     return fixed, moving
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def result(pair):
+    # function scope on purpose: mutation testing (mutmut) runs, for a mutant of register's code, only the
+    # tests that call it; a cached module-scoped result would be attributed to the first test alone
     return reg.register(*pair, n_angles=4, transform="similarity")
 
 
