@@ -678,3 +678,14 @@ def test_content_level_falls_back_to_the_median_when_the_low_percentile_is_backg
     out = reg._content(img, mask, 0.0, 10.0)
     # the level equals the background: the span is the median of the mask minus the background (5 - 2)
     assert out[20, 20] == pytest.approx(1.0) and out[35, 35] == 0.0
+
+
+def test_mutual_information_accepts_a_0_1_mask_of_any_integer_type():
+    # masks often come as uint8 images (e.g. read from TIFF): 0/1 selects like False/True
+    rng = np.random.default_rng(8)
+    a = rng.random((12, 14))
+    b = a**2 + 0.1 * rng.random((12, 14))
+    sel = rng.random((12, 14)) > 0.3
+    want = reg.mutual_information(a, b, mask=sel, bins=6)
+    for dtype in (np.uint8, np.int64, float):
+        assert reg.mutual_information(a, b, mask=sel.astype(dtype), bins=6) == want
