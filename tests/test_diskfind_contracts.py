@@ -383,3 +383,14 @@ def test_locate_masked_clips_far_guesses_like_locate(plain):
     margin = PAD - plain.half - 2 - 3
     assert -margin - 3 <= mpos[0, 0] <= -margin + 3
     assert SHAPE[1] - 1 + margin - 3 <= mpos[1, 1] <= SHAPE[1] - 1 + margin + 3
+
+
+def test_blank_patterns_give_finite_positions_and_no_error(plain):
+    # an all-zero pattern (a dead or padded detector region): amplitude exactly 0, the offset is the table
+    # entry (no 0/0), the masked fit reports no position error and the detection SNR is 0
+    zeros = np.zeros((1, SHAPE[0] + 2 * PAD, SHAPE[1] + 2 * PAD), np.float32)
+    guess = np.array([[16.0, 18.0]])
+    pos, snr, _ = plain.locate(zeros, np.array([0]), guess, PAD, LIMIT, search=2)
+    assert np.all(np.isfinite(pos)) and snr[0] == 0.0
+    mpos, perr, coef = plain.locate_masked(zeros, np.array([0]), guess, PAD, LIMIT, np.zeros(SHAPE, bool), search=2)
+    assert np.all(np.isfinite(mpos)) and np.isnan(perr[0]) and np.all(coef == 0.0)
