@@ -689,3 +689,12 @@ def test_mutual_information_accepts_a_0_1_mask_of_any_integer_type():
     want = reg.mutual_information(a, b, mask=sel, bins=6)
     for dtype in (np.uint8, np.int64, float):
         assert reg.mutual_information(a, b, mask=sel.astype(dtype), bins=6) == want
+
+
+def test_half_way_passes_stop_when_the_mask_stops_changing():
+    # a noise-free two-level particle: every threshold between the levels gives the same mask, so the
+    # half-way and quarter-way iterations add nothing (each pass is added only when the mask changed)
+    img = np.zeros((40, 48))
+    img[8:30, 10:36] = 3.0
+    labels = [how for _, _, how in reg._mask_candidates(img, 0.0)]
+    assert labels and not any("of the way" in how for how in labels), labels
