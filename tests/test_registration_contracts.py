@@ -107,6 +107,8 @@ MESSAGES = [
     # map_points / map_indices / warp
     (ValueError, lambda: Registration.from_matrix(np.eye(3), ZEROS, ZEROS).map_points([[1.0, 2.0, 3.0]]),
      r"points must have shape \('any', 2\), got \(1, 3\)"),
+    (ValueError, lambda: Registration.from_matrix(np.eye(3), ZEROS, ZEROS).map_indices([[1.0, 2.0, 3.0]]),
+     r"points must have shape \('any', 2\), got \(1, 3\)"),
     (ValueError, lambda: Registration.from_matrix(np.eye(3), ZEROS, ZEROS).map_indices([[1.0, np.inf]]),
      r"points must contain only finite values; found NaN or inf"),
     (ValueError, lambda: Registration.from_matrix(np.eye(3), ZEROS, ZEROS).warp(np.zeros((10, 13))),
