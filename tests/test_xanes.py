@@ -336,7 +336,6 @@ def test_netcdf_round_trip(tmp_path, small_stack):
         io.save_netcdf(res, tmp_path / "result.txt")
 
 
-@pytest.mark.slow
 def _interior_x_acceptance(res, truth):
     """X on the particle interior: >= 98 % measured, RMS error <= 0.02, 60-80 % of pixels within 1 sigma.
 
