@@ -1114,6 +1114,25 @@ def test_edge_energy_centroid_and_crossing_by_hand():
     sel2 = (e >= 706.0) & (e <= 711.0)
     ww = np.clip(n[sel2], 0, None) * np.gradient(e[sel2])[:, None, None]
     assert_allclose(w2.values, (e[sel2][:, None, None] * ww).sum(0) / ww.sum(0), rtol=1e-12)
+    # the crossing in a window of its own, with edge normalisation options of its own (pre, post, e0 passed on)
+    norm_kw = {"pre": (700.0, 704.0), "post": (722.0, 730.0), "e0": 709.0}
+    n3 = xanes.normalise_edge(od, **norm_kw).values
+    cr3 = xanes.edge_energy(od, method="crossing", level=0.7, window=(706.0, 712.0), **norm_kw)
+    sel3 = (e >= 706.0) & (e <= 712.0)
+    for iy in range(2):
+        for ix in range(3):
+            y = n3[sel3, iy, ix]
+            i = int(np.argmax(y >= 0.7))
+            if i == 0:  # already above the level at the window's first energy: no crossing inside it
+                assert np.isnan(cr3.values[iy, ix])
+                continue
+            want = e[sel3][i - 1] + (0.7 - y[i - 1]) / (y[i] - y[i - 1]) * (e[sel3][i] - e[sel3][i - 1])
+            assert_allclose(cr3.values[iy, ix], want, rtol=1e-12)
+    assert np.isfinite(cr3.values).any()
+    assert np.isnan(xanes.edge_energy(od, method="crossing", window=(690.0, 700.0)).values).all()  # pre-edge only
+    assert_allclose(xanes.edge_energy(od, **norm_kw).values,
+                    (e[sel][:, None, None] * (w2 := np.clip(n3[sel], 0, None) * np.gradient(e[sel])[:, None, None])
+                     ).sum(0) / w2.sum(0), rtol=1e-12)
     # below zero across the window, a positive step: no positive weight, no crossing
     flat = _stack(np.where((e >= 705) & (e <= 713), -1.0, np.where(e > 713, 1.0, 0.0))[:, None, None]
                   * np.ones((1, 1, 2)), e)
