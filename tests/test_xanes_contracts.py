@@ -257,6 +257,7 @@ def drift_stack():
     ({"border": -1}, ValueError, r"border must be an int >= 0 or None, got -1"),
     ({"border": 1.0}, ValueError, r"border must be an int >= 0 or None, got 1\.0"),
     ({"calibrate": 1}, TypeError, r"calibrate must be a bool, got int"),
+    ({"references": "LFP"}, TypeError, r"references must be an xarray\.Dataset with variables LFP and FP, got str"),
 ])
 def test_estimate_drift_names_a_bad_option(drift_stack, kwargs, exc, message):
     _raises(exc, message, xanes.estimate_drift, drift_stack, **kwargs)
@@ -290,6 +291,9 @@ def test_estimate_drift_with_one_refinement_on_a_particle(hand_stack):
     assert np.sqrt(np.mean((d.values - sh) ** 2)) < 0.04
     sig = d.attrs["sigma"]
     assert np.all(np.isfinite(sig[1:])) and np.all(sig[1:] > 0) and np.all(sig[1:] < 0.1)
+    # references given explicitly (validated, then used): the tabulated ones on the stack's grid give the same
+    d_refs = xanes.estimate_drift(_stack(moved, E), refine=1, calibrate=False, references=xanes.reference_spectra(E))
+    assert_allclose(d_refs.values, d.values, atol=1e-3)
 
 
 # ============================================================== calibrate_references
