@@ -121,6 +121,8 @@ MESSAGES = [
      .warp(_da(ZEROS, y=np.arange(10.0), x=np.arange(12.0) + 0.5)),
      r"image must be on the moving image's grid \(same shape and y/x coordinates\), got shape \(10, 12\)"),
     # registration_image
+    (ValueError, lambda: reg.registration_image(np.arange(16.0).reshape(4, 4), np.ones((4, 4), bool)),
+     r"image must be at least 8 x 8 pixels, got shape \(4, 4\)"),
     (ValueError, lambda: reg.registration_image(np.eye(10), np.ones((10, 9), bool)),
      r"mask must have shape \(10, 10\), got \(10, 9\)"),
     (TypeError, lambda: reg.registration_image(np.eye(10), np.ones((10, 10))),
@@ -288,6 +290,17 @@ def test_register_options_mirror_false_and_n_angles(pair):
     assert r.candidates.sizes["candidate"] == 4
     assert r.candidates.mirror.values.tolist() == [False] * 4
     np.testing.assert_allclose(r.candidates.angle_rad.values, [0.0, np.pi, 0.0, np.pi])
+
+
+def test_register_with_sampled_metric_is_seeded_and_accurate(pair):
+    # sampling < 1: a random half of the masked fixed pixels per metric evaluation, drawn with `seed`
+    a, b, c = (reg.register(*pair, n_angles=4, transform="similarity", sampling=0.5, seed=s) for s in (3, 3, 4))
+    np.testing.assert_array_equal(a.matrix, b.matrix)  # same seed: the same samples, the same result
+    assert not np.array_equal(a.matrix, c.matrix)  # another seed draws other samples
+    pts = np.argwhere(a.fixed_mask).astype(float)
+    for r in (a, c):  # as accurate as the full metric (mean 0.6 px, max 1.5 px; measured 0.23/0.57 and 0.17/0.37)
+        err = np.hypot(*(r.map_points(pts) - (pts @ MATRIX[:2, :2].T + MATRIX[:2, 2])).T)
+        assert err.mean() < 0.6 and err.max() < 1.5
 
 
 def test_metric_profile_metadata_and_values(pair, result):
