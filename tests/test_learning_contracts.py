@@ -978,6 +978,9 @@ def test_prediction_names_a_split_mask_and_a_split_map():
                    r"scipy\.ndimage\.label first", law.predict_strain, X, cut)
     raises_exactly(ValueError, r"mask \(P9\): mask must be one edge-connected region, got 2 pieces; .*",
                    law.predict_strain, X.assign_attrs(particle="P9"), cut)
+    # the fit names the mask the same way (one particle: "mask"; its default name "particle 0")
+    raises_exactly(ValueError, r"mask \(particle 0\): mask must be one edge-connected region, got 2 pieces; keep the "
+                   r"largest with scipy\.ndimage\.label first", fit_eigenstrain, s, X, mask=cut, degree=1)
     Xc = X.copy(data=np.where(cut, X.values, np.nan))
     raises_exactly(ValueError, r"the finite pixels of X form 2 pieces, but the finite-element model needs one "
                    r"edge-connected particle; .*", law.predict_strain, Xc)

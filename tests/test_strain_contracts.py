@@ -790,3 +790,13 @@ def test_content_prior_is_estimated_from_dynamical_disks_in_any_intensity_unit()
         assert scaled.attrs[k] == pytest.approx(counts.attrs[k], rel=1e-5), k
     for k in ("exx", "eyy", "exy", "theta"):
         np.testing.assert_allclose(scaled[k].values, counts[k].values, atol=1e-6)
+
+
+def test_descan_plane_uses_the_re_averaged_direct_beam_template():
+    # a 12-px descan smears the mean pattern's direct beam (the first template); the direct beams are located
+    # again with the template re-averaged on the descan-corrected beams, so the plane is as good as without a
+    # strong descan: max error 0.1 px (measured 0.033 px; with the smeared first template 0.64 px)
+    sim = stem4d.simulate_uniform(exx=0.01, scan_shape=(5, 9), reference_columns=3, dose=1e4, rng=12, descan_px=12.0)
+    d = strain.diagnostics(sim.datacube)
+    truth = np.stack([sim.origin_ky.values, sim.origin_kx.values], axis=-1)
+    assert np.abs(d["origin_fit"] - truth).max() < 0.1
