@@ -11,9 +11,18 @@ from chemomech.twin import stem4d
 
 DEG = np.pi / 180
 KEYS = ("exx", "eyy", "exy", "theta")
-# Homogeneous cases at 1e6 e-/pattern: per-pixel noise ~1e-4, so the median over 25 strained
-# pixels is good to ~3e-5; 2e-4 is the acceptance tolerance of the issue.
-TOL_MEDIAN = 2e-4
+# Homogeneous cases at 1e6 e-/pattern. Per-pixel precision: the design target 1e-3 at 1e4 e- (chapter 2)
+# scaled by 1/sqrt(dose), 1e-4. The error is a median over the n_s strained pixels measured against the median of
+# the n_r reference pixels: sigma * sqrt(pi / 2 * (1 / n_s + 1 / n_r)) = 4.1e-5 (5 x 8 scan, 3 reference columns)
+# or 4.8e-5 (4 x 7 scan); the tolerance is three times that, 1.2e-4 / 1.4e-4, inside the issue's 2e-4
+# acceptance (which the book quotes). Measured: at most 7.6e-5 over the eight scans below.
+SIGMA_PIXEL_1E6 = 1e-3 / np.sqrt(100)
+
+
+def _median_tol(sim):
+    n_s = int((~sim.reference.values).sum())
+    n_r = int(sim.reference.values.sum())
+    return 3 * SIGMA_PIXEL_1E6 * np.sqrt(np.pi / 2 * (1 / n_s + 1 / n_r))
 
 
 def _median_error(res, sim):
@@ -29,7 +38,7 @@ def test_homogeneous_strain_recovered(case):
     sim = stem4d.simulate_uniform(scan_shape=(5, 8), reference_columns=3, dose=1e6, rng=11, **case)
     res = strain.measure_strain(sim.datacube, reference=sim.reference.values)
     err = _median_error(res, sim)
-    assert max(abs(v) for v in err.values()) < TOL_MEDIAN, err
+    assert max(abs(v) for v in err.values()) < _median_tol(sim), err
     # the imposed component has the right sign and size
     (name, value), = case.items()
     assert np.sign(np.median(res[name].values[~sim.reference.values])) == np.sign(value)
@@ -44,7 +53,7 @@ def test_unequal_strains_rotated_detector_dataarray():
     cube = sim.datacube.assign_coords(y=np.arange(4) * 2.5, x=np.arange(7) * 2.5)
     res = strain.measure_strain(cube, reference=sim.reference.values, rotation=rot)
     err = _median_error(res, sim)
-    assert max(abs(v) for v in err.values()) < TOL_MEDIAN, err
+    assert max(abs(v) for v in err.values()) < _median_tol(sim), err
     assert res.exx.dims == ("y", "x") and res.exx.shape == (4, 7)
     np.testing.assert_allclose(res.x.values, np.arange(7) * 2.5)
     # ignoring the rotation must fail: strain components mix
