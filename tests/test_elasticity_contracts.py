@@ -359,6 +359,25 @@ def test_check_eshelby_reports_consistent_numbers_and_follows_its_options():
     assert r4["fem_mean"] == pytest.approx(r["fem_mean"], rel=0.05) and r4["fem_mean"] != r["fem_mean"]
 
 
+
+def test_check_eshelby_mean_is_over_both_normal_strains_at_the_documented_points():
+    # recomputed from the public solver at the points the docstring names: fem_mean averages exx AND eyy
+    # (the mesh is not symmetric under x <-> y, so the two means differ and neither alone reproduces it)
+    r = el.check_eshelby(nrefs=3, n_points=50, radius_ratio=0.4)
+    mesh = el.mesh_star_domain(lambda p: np.ones_like(p), nrefs=3)
+
+    def e0(x, y):
+        inside = (x**2 + y**2 < 0.4**2) * 0.01
+        return inside, inside, 0.0 * x
+
+    sol = el.ElasticProblem(mesh, stiffness=el.isotropic_plane_stress(100.0, 0.3)).solve(e0)
+    rng = np.random.default_rng(20221)
+    rad = 0.5 * 0.4 * np.sqrt(rng.uniform(0, 1, 50))
+    phi = rng.uniform(0, 2 * np.pi, 50)
+    exx, eyy, _, _ = sol.sample(rad * np.sin(phi), rad * np.cos(phi))
+    assert r["fem_mean"] == pytest.approx((exx.mean() + eyy.mean()) / 2, rel=1e-12)
+    assert abs(exx.mean() - eyy.mean()) > 1e-3 * abs(r["fem_mean"])  # measured 1.6e-3
+
 def test_check_uniform_eigenstrain_options():
     r = el.check_uniform_eigenstrain(nrefs=2)
     assert set(r) == {"strain_error", "stress_max", "stress_relative"}

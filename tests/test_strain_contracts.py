@@ -246,6 +246,29 @@ def test_attrs_are_the_detection_parameters_of_diagnostics(sim, fast, diag):
     assert fast.n_disks.values.max() <= par["n_disks_predicted"]
 
 
+@pytest.mark.parametrize("case", ["simulator", "lattice on the 1 % band"])
+def test_predicted_disks_are_the_lattice_points_whose_window_stays_on_the_detector(case, sim, diag):
+    """The disks fitted in every pattern: the direct beam and every reference lattice point (h, k) whose
+    template window stays inside the detector with 1 % of |g| to spare (room for a 1 % tensile strain to
+    move it outwards) -- recomputed here by brute force from the reported basis, centre and window. The
+    hand lattice puts its h = 2 and k = 2 disks 0.1 px inside the bare window limit, within the 1 % allowance."""
+    if case != "simulator":
+        g = 12.2
+        cube = _lattice_cube([(32 + h * g, 32 + k * g) for h in range(-2, 3) for k in range(-2, 3)])
+        diag = strain.diagnostics(cube)
+    dky, dkx = diag["mean"].shape
+    half = (diag["parameters"]["window_px"] - 1) // 2
+    hk = np.stack(np.meshgrid(np.arange(-40, 41), np.arange(-40, 41), indexing="ij"), -1).reshape(-1, 2)
+    q = diag["centre"] + hk @ diag["basis"].T
+    need = half + 0.5 + 0.01 * np.linalg.norm(q - diag["centre"], axis=1)[:, None]
+    on = np.all((q > need) & (q < np.array([dky, dkx]) - 1 - need), axis=1)
+    predicted = {tuple(v) for v in diag["predicted_hk"].astype(int)}
+    assert predicted == {tuple(v) for v in hk[on]} and (0, 0) in predicted
+    if case != "simulator":  # the 1 % allowance matters here: lattice points lie in the band it excludes
+        inside = np.all((q > half + 0.5) & (q < np.array([dky, dkx]) - 1.5 - half), axis=1)
+        assert (inside & ~on).sum() == 9 and len(predicted) == 16  # row h = 2 and column k = 2
+
+
 def test_diagnostics_keys_shapes_and_flaw_summary(sim, diag):
     ny, nx, dky, dkx = sim.datacube.shape
     assert set(diag) == {"mean", "template", "radius", "centre", "origin", "origin_fit", "direct_snr", "basis",

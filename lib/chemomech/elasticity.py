@@ -753,7 +753,9 @@ def check_eshelby(*, nrefs: int = 5, radius_ratio: float = 0.25, poisson: float 
 
     A dilatational eigenstrain in a concentric circular inclusion (radius
     ``radius_ratio`` of the disk) of an isotropic plane-stress disk; the FEM
-    strain at `n_points` seeded random points inside half the inclusion radius
+    strain at `n_points` random points inside half the inclusion radius (radius
+    ``0.5 a sqrt(u)``, then angle, both uniform from
+    ``numpy.random.default_rng(20221)``; ``(y, x) = (r sin phi, r cos phi)``)
     is compared with :func:`eshelby_disk_strain`. The mesh does not follow the
     inclusion boundary, so this also tests how the solver handles an
     eigenstrain that jumps inside elements.

@@ -588,7 +588,8 @@ class Registration:
         r = m[0, 0] * rr + m[0, 1] * cc + m[0, 2]
         c = m[1, 0] * rr + m[1, 1] * cc + m[1, 2]
         out = ndimage.map_coordinates(arr, [r, c], order=1, mode="constant", cval=np.nan)
-        # map_coordinates clamps to the edge within half a pixel; be strict instead
+        # be strict at the edge: SciPy's 'constant' mode (1.17, pinned) already gives cval beyond the last
+        # row/column, and this guard keeps warp strict should the interpolation ever clamp there
         outside = (r < -1e-9) | (r > arr.shape[0] - 1 + 1e-9) | (c < -1e-9) | (c > arr.shape[1] - 1 + 1e-9)
         out[outside] = np.nan
         if is_bool:
