@@ -511,6 +511,11 @@ def test_border_filled_and_nearest_fill():
     f = reg._filled(b)
     border = np.concatenate([b[0], b[-1], b[:, 0], b[:, -1]])
     assert f[2, 2] == np.median(border) and np.isfinite(f).all()
+    # the outermost ring only: rows 0 (0) and 3 (10) and the ends of rows 1 (20) and 2 (5) give 7.5; the
+    # next ring in (row 1) would give 10
+    w = np.array([[0.0] * 8, [20.0] * 8, [5.0] * 8, [10.0] * 8])
+    w[2, 4] = np.nan
+    assert reg._filled(w)[2, 4] == 7.5
     assert reg._filled(np.ones((3, 3))) is not None
     allnan = np.full((5, 5), np.nan)
     allnan[2, 2], allnan[2, 1] = 4.0, 6.0

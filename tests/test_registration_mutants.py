@@ -39,6 +39,26 @@ def test_mask_pairs_with_an_implausible_physical_area_ratio_are_tried_last():
     assert order == [("big", "moving"), ("small", "moving")]
 
 
+
+def test_implausible_mask_pairs_keep_their_ranking_among_themselves():
+    # three candidate masks per side: pairs with a plausible area ratio first, then the implausible ones,
+    # each group in the order of the summed candidate ranks (ties: the fixed image's rank first)
+    def square(side):
+        m = np.zeros((48, 48), bool)
+        m[:side, :side] = True
+        return m
+
+    f_masks = [("F100", square(10)), ("F1600", square(40)), ("F400", square(20))]
+    m_masks = [("M100", square(10)), ("M121", square(11)), ("M1600", square(40))]
+    grid = registration._Grid((48, 48), spacing=(1.0, 1.0), physical=True)
+    order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, grid, grid)]
+    ratio = {(f[0], m[0]): f[1].sum() / m[1].sum() for f in f_masks for m in m_masks}
+    plausible = [p for p in order if 0.4 <= ratio[p] <= 2.5]
+    assert order[:len(plausible)] == plausible == [("F100", "M100"), ("F100", "M121"), ("F1600", "M1600")]
+    # implausible, by rank i + j: (1, 0) rank 1; (0, 2), (1, 1), (2, 0) rank 2; (2, 1) rank 3; (2, 2) rank 4
+    assert order[len(plausible):] == [("F1600", "M100"), ("F100", "M1600"), ("F1600", "M121"), ("F400", "M100"),
+                                      ("F400", "M121"), ("F400", "M1600")]
+
 def test_particle_mask_of_a_flat_image_says_no_particle_was_found():
     # a constant-plus-noise field has no particle on either side of any threshold: refused with a hint
     img = np.random.default_rng(0).normal(10.0, 0.1, (40, 40))
