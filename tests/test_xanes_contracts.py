@@ -879,6 +879,10 @@ def test_map_lithium_names_a_bad_stack(hand_stack):
                         r"stack's statistics", xanes.map_lithium, stack * 0.0)
     _raises(ValueError, r"stack needs at least 5 energies for a 3-parameter fit, got 4", xanes.map_lithium,
             stack.isel(energy=slice(0, 4)))
+    # xarray lets an 'energy' coordinate span (energy, y): named as such, not as an unsorted energy list
+    ny = stack.sizes["y"]
+    e2 = stack.assign_coords(energy=(("energy", "y"), np.add.outer(stack["energy"].values, np.zeros(ny))))
+    _raises(ValueError, rf"stack energy must be 1-D, got 2-D with shape \({E.size}, {ny}\)", xanes.map_lithium, e2)
 
 
 # ============================================================== normalise_edge / fit_components
