@@ -31,9 +31,10 @@ def test_mask_pairs_with_an_implausible_physical_area_ratio_are_tried_last():
     f_masks = [("big", square(64, 40)), ("small", square(64, 10))]
     m_masks = [("moving", square(32, 5))]  # 25 px of 4 nm x 1 nm = 100 nm^2, like "small" (100 px of 1 nm^2)
     f_grid = registration._Grid((64, 64), spacing=(1.0, 1.0), physical=True)
-    m_grid = registration._Grid((32, 32), spacing=(4.0, 1.0), physical=True)  # non-square pixels
-    order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, f_grid, m_grid)]
-    assert order == [("small", "moving"), ("big", "moving")]
+    for spacing in ((4.0, 1.0), (2.0, 2.0)):  # non-square pixels; square ones of 2 nm (area = product)
+        m_grid = registration._Grid((32, 32), spacing=spacing, physical=True)
+        order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, f_grid, m_grid)]
+        assert order == [("small", "moving"), ("big", "moving")], spacing
     pixel = [registration._Grid((64, 64)), registration._Grid((32, 32))]
     order = [(f[0], m[0]) for f, m in registration._mask_pairs(f_masks, m_masks, *pixel)]
     assert order == [("big", "moving"), ("small", "moving")]
