@@ -1138,9 +1138,9 @@ def test_edge_energy_centroid_and_crossing_by_hand():
             assert_allclose(cr3.values[iy, ix], want, rtol=1e-12)
     assert np.isfinite(cr3.values).any()
     assert np.isnan(xanes.edge_energy(od, method="crossing", window=(690.0, 700.0)).values).all()  # pre-edge only
-    assert_allclose(xanes.edge_energy(od, **norm_kw).values,
-                    (e[sel][:, None, None] * (w2 := np.clip(n3[sel], 0, None) * np.gradient(e[sel])[:, None, None])
-                     ).sum(0) / w2.sum(0), rtol=1e-12)
+    w3 = np.clip(n3[sel], 0, None) * np.gradient(e[sel])[:, None, None]  # centroid weights, same options
+    assert_allclose(xanes.edge_energy(od, **norm_kw).values, (e[sel][:, None, None] * w3).sum(0) / w3.sum(0),
+                    rtol=1e-12)
     # below zero across the window, a positive step: no positive weight, no crossing
     flat = _stack(np.where((e >= 705) & (e <= 713), -1.0, np.where(e > 713, 1.0, 0.0))[:, None, None]
                   * np.ones((1, 1, 2)), e)
