@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 import xarray as xr
+from numpy.testing import assert_allclose
 
-from chemomech import geometry, io, study, twin
+from chemomech import correlate, geometry, io, study, twin
 from chemomech.__main__ import write_outputs
 
 # A tiny configuration for unit tests of single-particle pieces (a few seconds).
@@ -144,6 +145,26 @@ def test_assemble_truth_variants(tiny_measurement):
     def rms(ds):
         return float(np.sqrt(np.nanmean((ds["exx"] - m.xray_truth["exx"]).values[both] ** 2)))
     assert rms(allt) < rms(meas)
+
+
+def test_assemble_passes_its_assembly_options_to_correlate(tiny_measurement):
+    m = tiny_measurement
+    full = study.assemble(m)
+    s = m.strain[["exx", "eyy", "exy", "theta", "mask", "dark_field"]]
+    x = m.xanes[["X", "X_sigma", "thickness", "mask"]]
+    for option in study.ASSEMBLY_OPTIONS:
+        left_out = study.assemble(m, assembly={option: False})
+        want = correlate.correlate(s, x, m.registration, crystal_angle_rad=m.crystal_angle_rad, **{option: False})
+        for k in ("X", "exx", "eyy", "exy", "mask"):
+            assert_allclose(left_out[k].values, want[k].values, atol=0, equal_nan=True)
+        assert not np.allclose(left_out["exx"].values, full["exx"].values, equal_nan=True), option
+    with pytest.raises(ValueError, match=r"^assembly has unknown options \['crystal_angle_rad'\]; choose from "
+                                         r"\['match_resolution', 'strain_kernel', 'extend_edges'\]$"):
+        study.assemble(m, assembly={"crystal_angle_rad": 0.0})
+    with pytest.raises(TypeError, match=r"^assembly must be a dict of correlate options, got tuple$"):
+        study.run_study(TINY, assembly=("strain_kernel",), measurements={})
+    with pytest.raises(TypeError, match=r"^result must be a StudyResult, got StudyConfig$"):
+        study.assembly_ablation(TINY)
 
 
 def test_write_outputs_failure_leaves_nothing(tmp_path, monkeypatch):

@@ -60,11 +60,12 @@ _XANES = ("X", "X_sigma", "thickness")
 #: convolved with a one-pixel triangle (linear interpolation at the scan positions) is the quadratic B-spline,
 #: whose values at the integer offsets -1, 0, 1 are 1/8, 3/4, 1/8 (variance 1/12 + 1/6 = 1/4 px^2).
 XRAY_PIXEL_KERNEL = np.array([0.125, 0.75, 0.125])
+_IDENTITY = np.array([0.0, 1.0, 0.0])
 
 
 def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration, *,
               crystal_angle_rad: float | None = None, extend_edges: bool = True,
-              match_resolution: bool = True) -> xr.Dataset:
+              match_resolution: bool = True, strain_kernel: bool = True) -> xr.Dataset:
     """The correlated stack: strain, Li fraction and virtual images on the X-ray grid.
 
     Parameters
@@ -95,6 +96,11 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
         X-ray pixel's resolution (:data:`XRAY_PIXEL_KERNEL`, normalised within
         the mask), and keep only the largest connected piece of the joint mask. ``X`` itself is not clipped: noise
         may take it slightly outside [0, 1], which the learning accepts.
+    strain_kernel : bool
+        With `match_resolution`: apply the X-ray pixel kernel to the strain
+        (default). ``False`` leaves that one step out, to measure what it is
+        worth (:func:`chemomech.study.assembly_ablation`); the stack's
+        ``strain_kernel`` attribute is then the identity ``[0, 1, 0]``.
 
     Returns
     -------
@@ -133,6 +139,10 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
         raise ValueError(f"xanes must be on the registration's fixed grid {registration.fixed_grid.shape} "
                          f"(same shape and coordinates), got shape {xanes['X'].shape}")
 
+    for name, val in (("extend_edges", extend_edges), ("match_resolution", match_resolution),
+                      ("strain_kernel", strain_kernel)):
+        if not isinstance(val, (bool, np.bool_)):
+            raise TypeError(f"{name} must be a bool, got {type(val).__name__}")
     if crystal_angle_rad is not None:
         _validate.array(crystal_angle_rad, name="crystal_angle_rad", ndim=0, finite=True)
     if extend_edges and "mask" in strain:
@@ -142,7 +152,7 @@ def correlate(strain: xr.Dataset, xanes: xr.Dataset, registration: Registration,
         out = strain_module.to_crystal_frame(out, float(crystal_angle_rad))
         out.attrs["crystal_angle_rad"] = float(crystal_angle_rad)
     if match_resolution:
-        out = _match_resolution(out, xanes["X"], registration)
+        out = _match_resolution(out, xanes["X"], registration, XRAY_PIXEL_KERNEL if strain_kernel else _IDENTITY)
     return out
 
 
@@ -295,8 +305,8 @@ def x_noise_sampler(registration: Registration, X_sigma, *, match_resolution: bo
     return draw
 
 
-def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration) -> xr.Dataset:
-    """X at the strain's resolution, its sigma scaled by the operator's noise gain, one connected mask."""
+def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration, kernel: np.ndarray) -> xr.Dataset:
+    """X at the strain's resolution (sigma scaled by the noise gain), one mask, the strain filtered with `kernel`."""
     keep = geometry.largest_component(out["mask"].values)
     x_full = _nearest_fill(np.asarray(X.values, dtype=float))
     matched = reg.warp(_sample_on_moving(x_full, reg))
@@ -308,23 +318,23 @@ def _match_resolution(out: xr.Dataset, X: xr.DataArray, reg: Registration) -> xr
     out["X_sigma"] = (out["X_sigma"] * gain).assign_attrs(units="1", long_name="standard deviation of X")
     keep &= np.isfinite(out["X"].values)
     for k in _STRAIN:
-        out[k] = out[k].copy(data=_pixel_resolution(out[k].values, keep))
+        out[k] = out[k].copy(data=_pixel_resolution(out[k].values, keep, kernel))
     for k in ("X", "X_xray", "X_sigma", "thickness") + _STRAIN:
         out[k] = out[k].where(keep)
     out["mask"] = out["mask"].copy(data=keep)
     out.attrs["X_noise_gain"] = gain
-    out.attrs["strain_kernel"] = XRAY_PIXEL_KERNEL
+    out.attrs["strain_kernel"] = kernel
     return out
 
 
-def _pixel_resolution(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """`values` filtered with :data:`XRAY_PIXEL_KERNEL` along both axes, normalised within `mask`."""
+def _pixel_resolution(values: np.ndarray, mask: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """`values` filtered with `kernel` (three taps) along both axes, normalised within `mask`."""
     m = mask & np.isfinite(values)
     num = np.where(m, values, 0.0).astype(float)
     den = m.astype(float)
     for axis in (0, 1):
-        num = ndimage.correlate1d(num, XRAY_PIXEL_KERNEL, axis=axis, mode="constant")
-        den = ndimage.correlate1d(den, XRAY_PIXEL_KERNEL, axis=axis, mode="constant")
+        num = ndimage.correlate1d(num, kernel, axis=axis, mode="constant")
+        den = ndimage.correlate1d(den, kernel, axis=axis, mode="constant")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(m, num / den, np.nan)
 

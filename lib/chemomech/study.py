@@ -53,6 +53,8 @@ __all__ = [
     "assemble",
     "run_study",
     "error_budget",
+    "assembly_ablation",
+    "ASSEMBLY_OPTIONS",
     "summary_dict",
 ]
 
@@ -60,6 +62,9 @@ __all__ = [
 STAGES = ("strain", "X", "registration")
 #: Li fraction at which the learned slopes d eps0/dX are reported.
 SLOPE_X = 0.5
+#: Assembly steps of :func:`chemomech.correlate.correlate` that :func:`assembly_ablation` leaves out in turn
+#: (each an option that is True by default).
+ASSEMBLY_OPTIONS = ("match_resolution", "strain_kernel", "extend_edges")
 #: Particles of the named twin set (twin.particle_set).
 _NAMES = ("P1", "P2", "P3", "P4", "P5")
 #: Virtual dark-field detector: everything outside this many disk radii.
@@ -392,7 +397,8 @@ def _register_stage(state: dict, config: StudyConfig) -> ParticleMeasurement:
                                fixed, moving, reg, reg_truth, float(angle), seconds)
 
 
-def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str, ...] = ()) -> xr.Dataset:
+def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str, ...] = (),
+             assembly: dict | None = None) -> xr.Dataset:
     """The correlated stack of one particle, strain in the crystal frame (x ∥ a, y ∥ c).
 
     Parameters
@@ -402,19 +408,22 @@ def assemble(measurement: ParticleMeasurement, *, replace_with_truth: tuple[str,
         Stages among :data:`STAGES` whose output is replaced by its truth: the
         strain by the relative truth at the scan positions, X by the twin's X on
         the X-ray grid (same mask), the registration by the exact mapping.
+    assembly : dict, optional
+        Options of :func:`chemomech.correlate.correlate` among
+        :data:`ASSEMBLY_OPTIONS` (bools); default: all steps.
 
     Returns
     -------
     xarray.Dataset
-        :func:`chemomech.correlate.correlate` with the default assembly steps
-        and the crystal angle of the particle.
+        :func:`chemomech.correlate.correlate` with those assembly steps and the
+        crystal angle of the particle.
     """
     if not isinstance(measurement, ParticleMeasurement):
         raise TypeError(f"measurement must be a ParticleMeasurement, got {type(measurement).__name__}")
     rwt = _check_stages(replace_with_truth)
     m = measurement
     reg = _registration_used(m, rwt)
-    return _assembled(m, rwt, reg)
+    return _assembled(m, rwt, reg, _check_assembly(assembly))
 
 
 def _registration_used(m: ParticleMeasurement, rwt: tuple[str, ...]) -> registration.Registration:
@@ -431,12 +440,13 @@ def _xanes_used(m: ParticleMeasurement, rwt: tuple[str, ...]) -> xr.Dataset:
     return x
 
 
-def _assembled(m: ParticleMeasurement, rwt: tuple[str, ...], reg: registration.Registration) -> xr.Dataset:
-    """The stack of `m` with the given registration (see :func:`assemble`)."""
+def _assembled(m: ParticleMeasurement, rwt: tuple[str, ...], reg: registration.Registration,
+               assembly: dict) -> xr.Dataset:
+    """The stack of `m` with the given registration and assembly options (see :func:`assemble`)."""
     s = m.strain_truth.assign(dark_field=m.strain["dark_field"]) if "strain" in rwt else m.strain
     x = _xanes_used(m, rwt)
     out = correlate.correlate(s[["exx", "eyy", "exy", "theta", "mask", "dark_field"]], x, reg,
-                              crystal_angle_rad=m.crystal_angle_rad)
+                              crystal_angle_rad=m.crystal_angle_rad, **assembly)
     out.attrs.update(particle=m.name, batch=m.particle.batch, replaced_with_truth=",".join(rwt) or "none",
                      crystal_angle_rad=m.crystal_angle_rad)
     return out
@@ -542,7 +552,8 @@ def _simulate_all(config: StudyConfig, progress: bool) -> dict:
 
 
 def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth: tuple[str, ...] = (),
-              measurements: dict | None = None, degree: int | None = None) -> StudyResult:
+              measurements: dict | None = None, degree: int | None = None,
+              assembly: dict | None = None) -> StudyResult:
     """Run the whole study: simulate, measure, register, correlate, learn on P2–P5, test on P1.
 
     Parameters
@@ -559,6 +570,8 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
         Polynomial degree of the law, held fixed (no cross-validation); default:
         chosen by cross-validation up to ``config.max_degree``.
         :func:`error_budget` passes the degree the measured run chose.
+    assembly : dict, optional
+        Assembly options (:func:`assemble`); default: all steps.
 
     Returns
     -------
@@ -567,6 +580,7 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
     if not isinstance(config, StudyConfig):
         raise TypeError(f"config must be a StudyConfig, got {type(config).__name__}")
     rwt = _check_stages(replace_with_truth)
+    assembly = _check_assembly(assembly)
     if degree is not None and (isinstance(degree, bool) or not isinstance(degree, (int, np.integer))
                                or not 1 <= degree <= config.max_degree):
         raise ValueError(f"degree must be None or an int in 1..{config.max_degree} (config.max_degree), "
@@ -583,7 +597,7 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
     t0 = time.perf_counter()
     stacks, truth = {}, {}
     for name in _stage_iter(config.particles, "4/6 correlate", progress):
-        stacks[name] = assemble(measurements[name], replace_with_truth=rwt)
+        stacks[name] = assemble(measurements[name], replace_with_truth=rwt, assembly=assembly)
         truth[name] = _crystal_truth(measurements[name], stacks[name]["mask"].values)
     seconds["correlate"] = time.perf_counter() - t0
 
@@ -608,7 +622,7 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
     seconds["learning"] = time.perf_counter() - t0
     if config.registration_sd_px > 0 and "registration" not in rwt:
         t0 = time.perf_counter()
-        model = _registration_term(model, config, measurements, rwt, seed)
+        model = _registration_term(model, config, measurements, rwt, seed, assembly)
         seconds["registration_term"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -632,7 +646,7 @@ def run_study(config: StudyConfig, *, progress: bool = False, replace_with_truth
 
 
 def _registration_term(model: learning.EigenstrainModel, config: StudyConfig, measurements: dict,
-                       rwt: tuple[str, ...], seed: int) -> learning.EigenstrainModel:
+                       rwt: tuple[str, ...], seed: int, assembly: dict) -> learning.EigenstrainModel:
     """Widen the model's intervals by the slope changes that registration errors of the expected size cause.
 
     The law is refitted (selected degree, no SIMEX, no bootstrap, FePO4 reference)
@@ -651,12 +665,12 @@ def _registration_term(model: learning.EigenstrainModel, config: StudyConfig, me
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", learning.DataWarning)
         regs = {n: _registration_used(measurements[n], rwt) for n in config.train}
-        base = refit([_assembled(measurements[n], rwt, regs[n]) for n in config.train])
+        base = refit([_assembled(measurements[n], rwt, regs[n], assembly) for n in config.train])
         deltas = []
         for _ in range(config.n_perturb):
             stacks = [_assembled(measurements[n], rwt,
                                  _perturbed_registration(regs[n], measurements[n].xanes["mask"].values,
-                                                         config.registration_sd_px, gen))
+                                                         config.registration_sd_px, gen), assembly)
                       for n in config.train]
             deltas.append(refit(stacks) - base)
     return model.add_spread(np.array(deltas),
@@ -742,6 +756,51 @@ def error_budget(study: StudyConfig | StudyResult, *, progress: bool = False) ->
                 "component": ("component", ["aa", "cc"], {"long_name": "crystal axis"})})
 
 
+def assembly_ablation(result: StudyResult, *, progress: bool = False) -> xr.Dataset:
+    """What each assembly step of :func:`chemomech.correlate.correlate` is worth to the learned slopes.
+
+    The simulated measurements of `result` are assembled again with one step
+    of :data:`ASSEMBLY_OPTIONS` left out (``match_resolution``: sharp X against
+    strain interpolated from the scan; ``strain_kernel``: the strain not given
+    the X-ray pixel's resolution; ``extend_edges``: the particles' outermost
+    X-ray pixels lost to the interpolation), and the law is refitted with the
+    degree `result` chose, held fixed as in :func:`error_budget`.
+
+    Parameters
+    ----------
+    result : StudyResult
+        A finished run with every assembly step (the default).
+    progress : bool
+        Progress bars.
+
+    Returns
+    -------
+    xarray.Dataset
+        On dim ``variant`` (``all steps``, then ``no <option>`` per option) and
+        ``component`` (aa, cc): ``slope`` (d eps0/dX at ``SLOPE_X``),
+        ``rel_error`` (against the truth) and ``change`` (slope over the
+        all-steps slope, minus 1; negative: the step's absence biases the slope
+        low).
+    """
+    if not isinstance(result, StudyResult):
+        raise TypeError(f"result must be a StudyResult, got {type(result).__name__}")
+    variants = {"all steps": result}
+    for option in _stage_iter(ASSEMBLY_OPTIONS, "assembly: one step left out", progress):
+        variants[f"no {option}"] = run_study(result.config, replace_with_truth=result.replace_with_truth,
+                                             measurements=result.measurements, degree=int(result.model.degree),
+                                             assembly={option: False})
+    slope = np.stack([v.slopes["learned"].values for v in variants.values()])
+    rel = np.stack([v.slopes["rel_error"].values for v in variants.values()])
+    one = {"units": "1"}
+    return xr.Dataset(
+        {"slope": (("variant", "component"), slope, {**one, "long_name": f"learned d eps0/dX at X = {SLOPE_X}"}),
+         "rel_error": (("variant", "component"), rel, {**one, "long_name": "learned / truth - 1"}),
+         "change": (("variant", "component"), slope / slope[0] - 1,
+                    {**one, "long_name": "slope / slope with all steps - 1"})},
+        coords={"variant": ("variant", list(variants), {"long_name": "assembly step left out"}),
+                "component": ("component", ["aa", "cc"], {"long_name": "crystal axis"})})
+
+
 # --- outputs --------------------------------------------------------------------------------
 
 
@@ -782,6 +841,17 @@ def summary_dict(result: StudyResult, budget: xr.Dataset | None = None, *, secon
     if seconds is not None:
         out["seconds"]["total"] = float(seconds)
     return out
+
+
+def _check_assembly(assembly) -> dict:
+    if assembly is None:
+        return {}
+    if not isinstance(assembly, dict):
+        raise TypeError(f"assembly must be a dict of correlate options, got {type(assembly).__name__}")
+    unknown = sorted(set(assembly) - set(ASSEMBLY_OPTIONS))
+    if unknown:
+        raise ValueError(f"assembly has unknown options {unknown}; choose from {list(ASSEMBLY_OPTIONS)}")
+    return dict(assembly)
 
 
 def _check_stages(stages) -> tuple[str, ...]:
