@@ -163,8 +163,9 @@ def test_assemble_passes_its_assembly_options_to_correlate(tiny_measurement):
         study.assemble(m, assembly={"crystal_angle_rad": 0.0})
     with pytest.raises(TypeError, match=r"^assembly must be a dict of correlate options, got tuple$"):
         study.run_study(TINY, assembly=("strain_kernel",), measurements={})
-    with pytest.raises(TypeError, match=r"^result must be a StudyResult, got StudyConfig$"):
-        study.assembly_ablation(TINY)
+    for func in (study.assembly_ablation, study.dark_field_registration):
+        with pytest.raises(TypeError, match=r"^result must be a StudyResult, got StudyConfig$"):
+            func(TINY)
 
 
 def test_write_outputs_failure_leaves_nothing(tmp_path, monkeypatch):
