@@ -26,7 +26,10 @@ from the analysis): the strain relative to the same reference lattice
 and the exact X-ray → scan pixel mapping. :func:`run_study` can replace any
 stage's output by its truth (``replace_with_truth``) while reusing the same
 simulated measurements, which is how :func:`error_budget` attributes the final
-slope error to the stages. ``python -m chemomech reproduce`` runs it and writes
+slope error to the stages. Two more comparisons reuse the measurements in the
+same way: :func:`assembly_ablation` (each assembly step of step 4 left out in
+turn) and :func:`dark_field_registration` (the featureless dark field
+registered instead of the trace in step 3). ``python -m chemomech reproduce`` runs it and writes
 the figures, stacks and ``summary.json``.
 """
 
