@@ -66,8 +66,14 @@ env: $(STAMP)
 # ------------------------------------------------------------------ tests
 test: unit nbval
 
+# Unit tests and chapters run on TEST_WORKERS processes (pytest-xdist), whole files per worker (--dist
+# loadfile: a file's module fixtures are built once, a chapter's cells run in order in one kernel), one
+# BLAS/OpenMP thread each so the workers do not oversubscribe the two cores.
+TEST_WORKERS ?= 2
+
 unit: $(STAMP)
-	$(PY) -m pytest tests lib/chemomech --doctest-modules -m "not browser"
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  $(PY) -m pytest tests lib/chemomech --doctest-modules -m "not browser" -n $(TEST_WORKERS) --dist loadfile
 
 # Each chapter is converted to a notebook in $(NBVAL) and executed cell by cell; outputs are not
 # compared (--nbval-lax), so any error or failing `assert` fails the run. Pytest's exit code 5
@@ -79,7 +85,8 @@ nbval: $(STAMP)
 	for md in $(CHAPTERS); do \
 	  $(BIN)/jupytext --quiet --to ipynb --output $(NBVAL)/$$(basename $${md%.md}).ipynb $$md; \
 	done
-	$(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 $(NBVAL)
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	  $(PY) -m pytest --nbval-lax --nbval-current-env --nbval-cell-timeout=300 -n $(TEST_WORKERS) --dist loadfile $(NBVAL)
 
 # ------------------------------------------------------------------ book
 book: $(STAMP)
