@@ -359,7 +359,6 @@ def test_check_eshelby_reports_consistent_numbers_and_follows_its_options():
     assert r4["fem_mean"] == pytest.approx(r["fem_mean"], rel=0.05) and r4["fem_mean"] != r["fem_mean"]
 
 
-
 def test_check_eshelby_mean_is_over_both_normal_strains_at_the_documented_points():
     # recomputed from the public solver at the points the docstring names: fem_mean averages exx AND eyy
     # (the mesh is not symmetric under x <-> y, so the two means differ and neither alone reproduces it)
@@ -377,6 +376,7 @@ def test_check_eshelby_mean_is_over_both_normal_strains_at_the_documented_points
     exx, eyy, _, _ = sol.sample(rad * np.sin(phi), rad * np.cos(phi))
     assert r["fem_mean"] == pytest.approx((exx.mean() + eyy.mean()) / 2, rel=1e-12)
     assert abs(exx.mean() - eyy.mean()) > 1e-3 * abs(r["fem_mean"])  # measured 1.6e-3
+
 
 def test_check_uniform_eigenstrain_options():
     r = el.check_uniform_eigenstrain(nrefs=2)

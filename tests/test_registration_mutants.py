@@ -40,7 +40,6 @@ def test_mask_pairs_with_an_implausible_physical_area_ratio_are_tried_last():
     assert order == [("big", "moving"), ("small", "moving")]
 
 
-
 def test_implausible_mask_pairs_keep_their_ranking_among_themselves():
     # three candidate masks per side: pairs with a plausible area ratio first, then the implausible ones,
     # each group in the order of the summed candidate ranks (ties: the fixed image's rank first)
@@ -59,6 +58,7 @@ def test_implausible_mask_pairs_keep_their_ranking_among_themselves():
     # implausible, by rank i + j: (1, 0) rank 1; (0, 2), (1, 1), (2, 0) rank 2; (2, 1) rank 3; (2, 2) rank 4
     assert order[len(plausible):] == [("F1600", "M100"), ("F100", "M1600"), ("F1600", "M121"), ("F400", "M100"),
                                       ("F400", "M121"), ("F400", "M1600")]
+
 
 def test_particle_mask_of_a_flat_image_says_no_particle_was_found():
     # a constant-plus-noise field has no particle on either side of any threshold: refused with a hint

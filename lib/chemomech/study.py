@@ -279,10 +279,14 @@ class ParticleMeasurement:
     crystal_angle_rad: float
     seconds: dict = field(default_factory=dict)
 
-    def tre_px(self) -> float:
-        """Mean target registration error over the X-ray particle mask, X-ray pixels."""
+    def tre_px(self, estimate: registration.Registration | None = None) -> float:
+        """Mean target registration error over the X-ray particle mask, X-ray pixels.
+
+        Of the study's registration, or of `estimate` (same grids) when given.
+        """
         pts = np.argwhere(np.asarray(self.xray_truth["mask"].values, bool)).astype(float)
-        return float(np.mean(evaluate.registration_tre(self.registration, self.registration_truth, pts)))
+        reg = self.registration if estimate is None else estimate
+        return float(np.mean(evaluate.registration_tre(reg, self.registration_truth, pts)))
 
 
 def measure_particle(particle: twin.Particle, config: StudyConfig, *,
@@ -746,8 +750,7 @@ def error_budget(study: StudyConfig | StudyResult, *, progress: bool = False) ->
     variants = {"measured": study}
     for stages in _stage_iter([(s,) for s in STAGES] + [STAGES], "error budget: stages -> truth", progress):
         name = f"{stages[0]} -> truth" if len(stages) == 1 else "all -> truth"
-        variants[name] = run_study(study.config, replace_with_truth=stages, measurements=study.measurements,
-                                   degree=int(study.model.degree))
+        variants[name] = _refit(study, replace_with_truth=stages)
     slope = np.stack([v.slopes["learned"].values for v in variants.values()])
     rel = np.stack([v.slopes["rel_error"].values for v in variants.values()])
     contrib = rel[0][None] - rel
@@ -764,6 +767,11 @@ def error_budget(study: StudyConfig | StudyResult, *, progress: bool = False) ->
                      {"units": "s", "long_name": "wall time (analysis only for the variants)"})},
         coords={"variant": ("variant", names, {"long_name": "stage replaced by its truth"}),
                 "component": ("component", ["aa", "cc"], {"long_name": "crystal axis"})})
+
+
+def _refit(result: StudyResult, **options) -> StudyResult:
+    """`result`'s measurements analysed again with other `options` of :func:`run_study`, its degree held fixed."""
+    return run_study(result.config, measurements=result.measurements, degree=int(result.model.degree), **options)
 
 
 def assembly_ablation(result: StudyResult, *, progress: bool = False) -> xr.Dataset:
@@ -796,9 +804,8 @@ def assembly_ablation(result: StudyResult, *, progress: bool = False) -> xr.Data
         raise TypeError(f"result must be a StudyResult, got {type(result).__name__}")
     variants = {"all steps": result}
     for option in _stage_iter(ASSEMBLY_OPTIONS, "assembly: one step left out", progress):
-        variants[f"no {option}"] = run_study(result.config, replace_with_truth=result.replace_with_truth,
-                                             measurements=result.measurements, degree=int(result.model.degree),
-                                             assembly={option: False})
+        variants[f"no {option}"] = _refit(result, replace_with_truth=result.replace_with_truth,
+                                          assembly={option: False})
     slope = np.stack([v.slopes["learned"].values for v in variants.values()])
     rel = np.stack([v.slopes["rel_error"].values for v in variants.values()])
     one = {"units": "1"}
@@ -841,8 +848,7 @@ def dark_field_registration(result: StudyResult, *, progress: bool = False) -> x
         m = result.measurements[name]
         reg, *_ = _register_onto_x(m.xanes, m.strain["dark_field"], m.strain["mask"].values,
                                    "virtual dark field (registration image)")
-        pts = np.argwhere(np.asarray(m.xray_truth["mask"].values, bool)).astype(float)
-        dark.append(float(np.mean(evaluate.registration_tre(reg, m.registration_truth, pts))))
+        dark.append(m.tre_px(reg))
     px = {"units": "X-ray pixels"}
     return xr.Dataset(
         {"tre_trace": ("particle", [result.measurements[n].tre_px() for n in names],
